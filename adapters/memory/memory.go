@@ -1,0 +1,371 @@
+// Package memory is an in-process registry. It is lameduck's embedded
+// default for the demo and for unit tests, and behaves like the real
+// backends where it matters: watchers receive whole snapshots, and they see a
+// change only after the configured push delay, as consumers of Consul or Nacos
+// see a deregistration only after the registry has pushed it.
+package memory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/lameduck/lameduck/internal/clock"
+	"github.com/lameduck/lameduck/registry"
+)
+
+// Registry is an in-process registry, safe for concurrent use.
+type Registry struct {
+	opts options
+
+	mu       sync.Mutex
+	services map[string][]*entry
+	watchers map[string]map[*watcher]struct{}
+	fault    error
+	closed   bool
+}
+
+type entry struct {
+	inst     registry.Instance
+	disabled bool
+	health   registry.Health
+}
+
+var (
+	_ registry.Registry     = (*Registry)(nil)
+	_ registry.Disabler     = (*Registry)(nil)
+	_ registry.HealthSetter = (*Registry)(nil)
+)
+
+// Option configures a Registry.
+type Option func(*options)
+
+type options struct {
+	name      string
+	pushDelay time.Duration
+	clock     clock.Clock
+}
+
+func defaults(o *options) {
+	if o.name == "" {
+		o.name = "memory://"
+	}
+	o.clock = clock.OrReal(o.clock)
+}
+
+// WithPushDelay makes watchers see each change only d after it happened.
+// The default is 0 (immediate).
+func WithPushDelay(d time.Duration) Option {
+	return func(o *options) { o.pushDelay = d }
+}
+
+// WithName sets what String returns; the default is "memory://".
+func WithName(name string) Option {
+	return func(o *options) { o.name = name }
+}
+
+func withClock(c clock.Clock) Option {
+	return func(o *options) { o.clock = c }
+}
+
+// New returns an empty registry.
+func New(opts ...Option) (*Registry, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.pushDelay < 0 {
+		return nil, fmt.Errorf("memory: push delay %v is negative; use 0 or more", o.pushDelay)
+	}
+	defaults(&o)
+	return &Registry{
+		opts:     o,
+		services: map[string][]*entry{},
+		watchers: map[string]map[*watcher]struct{}{},
+	}, nil
+}
+
+func (r *Registry) String() string { return r.opts.name }
+
+// SetFault makes every call fail with err until SetFault(nil), to simulate
+// an unreachable registry. Watches already running keep their last list.
+func (r *Registry) SetFault(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fault = err
+}
+
+func (r *Registry) check(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if r.closed {
+		return errors.New("memory: registry is closed")
+	}
+	return r.fault
+}
+
+// Register adds i, or replaces the registration with the same key.
+func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
+	if err := i.Validate(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	i.Tags = slices.Clone(i.Tags)
+	i.Metadata = cloneMap(i.Metadata)
+	list := r.services[i.Service]
+	for _, e := range list {
+		if e.inst.Same(i) {
+			e.inst = i
+			r.publishLocked(i.Service)
+			return nil
+		}
+	}
+	r.services[i.Service] = append(list, &entry{inst: i})
+	r.publishLocked(i.Service)
+	return nil
+}
+
+// Deregister removes i. An unknown instance is not an error.
+func (r *Registry) Deregister(ctx context.Context, i registry.Instance) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	list := r.services[i.Service]
+	for k, e := range list {
+		if e.inst.Same(i) {
+			r.services[i.Service] = slices.Delete(list, k, k+1)
+			r.publishLocked(i.Service)
+			return nil
+		}
+	}
+	return nil
+}
+
+// Disable hides i from consumers while keeping it registered.
+func (r *Registry) Disable(ctx context.Context, i registry.Instance) error {
+	return r.update(ctx, i, func(e *entry) { e.disabled = true })
+}
+
+// Enable reverses Disable.
+func (r *Registry) Enable(ctx context.Context, i registry.Instance) error {
+	return r.update(ctx, i, func(e *entry) { e.disabled = false })
+}
+
+// SetHealth sets i's health; consumers see only passing instances.
+func (r *Registry) SetHealth(ctx context.Context, i registry.Instance, h registry.Health, _ string) error {
+	return r.update(ctx, i, func(e *entry) { e.health = h })
+}
+
+func (r *Registry) update(ctx context.Context, i registry.Instance, f func(*entry)) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.check(ctx); err != nil {
+		return err
+	}
+	for _, e := range r.services[i.Service] {
+		if e.inst.Same(i) {
+			f(e)
+			r.publishLocked(i.Service)
+			return nil
+		}
+	}
+	return fmt.Errorf("memory: instance %s of service %q is not registered; register it first", i.Key(), i.Service)
+}
+
+// Instances returns what consumers of service see now, ignoring the push
+// delay: the registry's own view.
+func (r *Registry) Instances(service string) []registry.Instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.visibleLocked(service)
+}
+
+func (r *Registry) visibleLocked(service string) []registry.Instance {
+	var out []registry.Instance
+	for _, e := range r.services[service] {
+		if e.disabled || e.health != registry.HealthPassing {
+			continue
+		}
+		in := e.inst
+		in.Tags = slices.Clone(in.Tags)
+		in.Metadata = cloneMap(in.Metadata)
+		out = append(out, in)
+	}
+	return out
+}
+
+// publishLocked schedules delivery of the current snapshot to every watcher
+// of service after the push delay. Snapshots are delivered in order.
+func (r *Registry) publishLocked(service string) {
+	snap := r.visibleLocked(service)
+	for w := range r.watchers[service] {
+		w.schedule(snap)
+	}
+}
+
+// Watch streams the consumer-visible list of service. The first Next
+// returns the current list at once; later lists arrive after the push delay.
+// The watch ends when ctx ends or Stop is called.
+func (r *Registry) Watch(ctx context.Context, service string) (registry.Watcher, error) {
+	if service == "" {
+		return nil, errors.New("memory: watch needs a service name")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.check(ctx); err != nil {
+		return nil, err
+	}
+	w := &watcher{
+		reg:     r,
+		service: service,
+		changed: make(chan struct{}, 1),
+		stopped: make(chan struct{}),
+	}
+	w.latest, w.fresh = r.visibleLocked(service), true
+	if r.watchers[service] == nil {
+		r.watchers[service] = map[*watcher]struct{}{}
+	}
+	r.watchers[service][w] = struct{}{}
+	unbind := context.AfterFunc(ctx, func() { _ = w.Stop() })
+	w.mu.Lock()
+	w.unbind = unbind
+	w.mu.Unlock()
+	return w, nil
+}
+
+// Close stops every watcher and makes later calls fail.
+func (r *Registry) Close() error {
+	r.mu.Lock()
+	var ws []*watcher
+	for _, set := range r.watchers {
+		for w := range set {
+			ws = append(ws, w)
+		}
+	}
+	r.closed = true
+	r.mu.Unlock()
+	for _, w := range ws {
+		_ = w.Stop()
+	}
+	return nil
+}
+
+type watcher struct {
+	reg     *Registry
+	service string
+	changed chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+	unbind  func() bool // detaches the Watch ctx
+
+	mu      sync.Mutex
+	latest  []registry.Instance
+	fresh   bool          // latest not yet returned by Next
+	pending []clock.Timer // scheduled deliveries
+	seq     uint64        // deliveries scheduled
+	applied uint64        // highest delivery applied
+}
+
+// schedule delivers snap after the push delay. Called with reg.mu held, so
+// calls are ordered; a later snapshot never overwrites an earlier one that
+// is due after it because every delivery waits the same delay.
+func (w *watcher) schedule(snap []registry.Instance) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.seq++
+	seq := w.seq
+	deliver := func() {
+		w.mu.Lock()
+		if seq > w.applied {
+			w.applied = seq
+			w.latest, w.fresh = snap, true
+		}
+		w.mu.Unlock()
+		select {
+		case w.changed <- struct{}{}:
+		default:
+		}
+	}
+	if w.reg.opts.pushDelay == 0 {
+		w.applied = seq
+		w.latest, w.fresh = snap, true
+		select {
+		case w.changed <- struct{}{}:
+		default:
+		}
+		return
+	}
+	t := w.reg.opts.clock.AfterFunc(w.reg.opts.pushDelay, deliver)
+	w.pending = append(w.pending, t)
+	if len(w.pending) > 64 { // forget fired timers now and then
+		w.pending = w.pending[len(w.pending)-32:]
+	}
+}
+
+func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) {
+	for {
+		select {
+		case <-w.stopped:
+			return nil, context.Canceled
+		default:
+		}
+		w.mu.Lock()
+		if w.fresh {
+			w.fresh = false
+			out := w.latest
+			w.mu.Unlock()
+			return out, nil
+		}
+		w.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-w.stopped:
+			return nil, context.Canceled
+		case <-w.changed:
+		}
+	}
+}
+
+func (w *watcher) Stop() error {
+	w.once.Do(func() {
+		w.mu.Lock()
+		unbind := w.unbind
+		w.mu.Unlock()
+		if unbind != nil {
+			unbind()
+		}
+		w.reg.mu.Lock()
+		delete(w.reg.watchers[w.service], w)
+		w.reg.mu.Unlock()
+		w.mu.Lock()
+		for _, t := range w.pending {
+			t.Stop()
+		}
+		w.pending = nil
+		w.mu.Unlock()
+		close(w.stopped)
+	})
+	return nil
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

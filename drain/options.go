@@ -1,0 +1,135 @@
+package drain
+
+import (
+	"context"
+	"time"
+
+	"github.com/lameduck/lameduck/internal/backoff"
+	"github.com/lameduck/lameduck/internal/clock"
+	"github.com/lameduck/lameduck/registry"
+)
+
+// Defaults for the offline protocol.
+const (
+	DefaultBudget      = 30 * time.Second
+	DefaultQuietWindow = 250 * time.Millisecond
+	maxStopReserve     = 5 * time.Second
+)
+
+// Option configures a Coordinator.
+type Option func(*options)
+
+// StopHook is a function run in the Stopping phase, such as a server's
+// graceful shutdown. It gets a context that ends at the deadline.
+type StopHook struct {
+	Name string
+	Stop func(ctx context.Context) error
+}
+
+type options struct {
+	regs           []registry.Registry
+	inst           registry.Instance
+	hasInstance    bool
+	disable        bool
+	budget         time.Duration
+	quiet          time.Duration
+	quietSet       bool
+	minWait        time.Duration
+	stopReserve    time.Duration
+	stopReserveSet bool
+	longLivedGrace time.Duration
+	hooks          []StopHook
+	onEvent        func(Event)
+	clock          clock.Clock
+	backoff        backoff.Policy
+}
+
+func (o *options) setDefaults() {
+	if o.budget == 0 {
+		o.budget = DefaultBudget
+	}
+	if !o.quietSet {
+		o.quiet = DefaultQuietWindow
+	}
+	if !o.stopReserveSet {
+		o.stopReserve = min(maxStopReserve, o.budget/5)
+	}
+	o.clock = clock.OrReal(o.clock)
+	if o.onEvent == nil {
+		o.onEvent = func(Event) {}
+	}
+}
+
+// WithRegistries names the registries the instance is taken out of, all in
+// parallel. Without any, the protocol skips straight to Draining.
+func WithRegistries(regs ...registry.Registry) Option {
+	return func(o *options) { o.regs = append(o.regs, regs...) }
+}
+
+// WithInstance names the instance to take offline. Required with registries.
+func WithInstance(i registry.Instance) Option {
+	return func(o *options) { o.inst, o.hasInstance = i, true }
+}
+
+// WithDisable hides the instance (Nacos enabled=false, Consul maintenance)
+// instead of deregistering it. Every registry must implement
+// registry.Disabler.
+func WithDisable() Option {
+	return func(o *options) { o.disable = true }
+}
+
+// WithBudget sets the one deadline the whole protocol runs under, counted
+// from the moment it starts. The default is 30s; set it to the platform's
+// grace period minus a margin (terminationGracePeriodSeconds - 2s, say).
+func WithBudget(d time.Duration) Option {
+	return func(o *options) { o.budget = d }
+}
+
+// WithQuietWindow sets how long no new request may arrive before the
+// instance counts as drained. The default is 250ms.
+func WithQuietWindow(d time.Duration) Option {
+	return func(o *options) { o.quiet, o.quietSet = d, true }
+}
+
+// WithMinWait sets a floor on the time from deregistration to offline, for
+// consumers known to poll the registry instead of watching it (set it to
+// their poll interval). The default is 0.
+func WithMinWait(d time.Duration) Option {
+	return func(o *options) { o.minWait = d }
+}
+
+// WithStopReserve sets how much of the budget is kept for the stop hooks.
+// The default is a fifth of the budget, at most 5s.
+func WithStopReserve(d time.Duration) Option {
+	return func(o *options) { o.stopReserve, o.stopReserveSet = d, true }
+}
+
+// WithLongLivedGrace gives long-lived requests (streams, WebSockets) their
+// own deadline, counted from the moment the flag is set: after it they no
+// longer hold the drain back and are cut by the stop hooks. The default, 0,
+// waits for them until the drain's share of the budget runs out.
+func WithLongLivedGrace(d time.Duration) Option {
+	return func(o *options) { o.longLivedGrace = d }
+}
+
+// WithStopHook adds a hook for the Stopping phase. Hooks run one at a time
+// in reverse order of registration, each even if an earlier one failed.
+func WithStopHook(name string, stop func(ctx context.Context) error) Option {
+	return func(o *options) { o.hooks = append(o.hooks, StopHook{Name: name, Stop: stop}) }
+}
+
+// WithEventHook sets the one function that receives every Event. It is
+// called synchronously from the protocol's goroutines, possibly
+// concurrently for per-registry events, so it must be quick and safe for
+// concurrent use.
+func WithEventHook(f func(Event)) Option {
+	return func(o *options) { o.onEvent = f }
+}
+
+func withClock(c clock.Clock) Option {
+	return func(o *options) { o.clock = c }
+}
+
+func withBackoff(p backoff.Policy) Option {
+	return func(o *options) { o.backoff = p }
+}

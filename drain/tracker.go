@@ -1,0 +1,358 @@
+// Package drain is lameduck's engine: the Tracker counts in-flight requests
+// and holds the shutdown flag, and the Coordinator runs the offline protocol
+// (Serving -> Deregistering -> Confirming -> Draining -> Stopping -> Offline)
+// under one deadline budget.
+package drain
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lameduck/lameduck/internal/clock"
+)
+
+// The tracker's state word packs three fields so that a request's start is
+// one atomic add and its end one atomic subtract:
+//
+//	bits 0-30   requests in flight
+//	bit  31     the shutdown (draining) flag
+//	bits 32-63  requests started, modulo 2^32
+const (
+	inflightMask = 1<<31 - 1
+	drainingBit  = 1 << 31
+	startedUnit  = 1 << 32
+	// In serving mode the start time is sampled on one request in
+	// sampleEvery, which keeps the clock read off the hot path.
+	sampleEvery = 64
+)
+
+var (
+	// ErrEndedTwice is returned by Request.End when the request already ended.
+	ErrEndedTwice = errors.New("drain: request ended twice; call End exactly once per Begin")
+	// ErrNotBegun is returned by End on a Request that no Begin returned.
+	ErrNotBegun = errors.New("drain: End on a request that was never begun; use the Request that Tracker.Begin returned")
+)
+
+// Tracker counts in-flight requests and holds the shutdown flag. The zero
+// value is ready to use and is safe for concurrent use; a Tracker must not
+// be copied after first use.
+type Tracker struct {
+	// state is alone on its cache line: it is the only word the hot path
+	// writes.
+	state atomic.Uint64
+	_     [56]byte
+
+	longLived atomic.Int64
+	late      atomic.Int64 // requests begun while draining
+	misuse    atomic.Int64 // Ends refused as double or unbegun
+	lastStart atomic.Int64 // unix nanos; exact while draining, sampled before
+	drainedAt atomic.Int64 // unix nanos when the flag was set
+
+	clock clock.Clock // nil means the real clock
+
+	mu         sync.Mutex
+	idle       chan struct{} // closed when a counter reaches zero while draining
+	drainingCh chan struct{} // closed when the flag is set
+	afterDrain map[*afterDrain]struct{}
+}
+
+type afterDrain struct{ f func() }
+
+func (t *Tracker) now() time.Time { return clock.OrReal(t.clock).Now() }
+
+// Request is one counted request. End it exactly once, typically with
+// defer. The zero Request is not begun.
+type Request struct {
+	t        *Tracker
+	long     bool
+	ended    bool
+	draining bool
+}
+
+// Begin counts the start of a request. It does not block and does not
+// allocate. Before the flag is set it costs one atomic add.
+func (t *Tracker) Begin() Request {
+	v := t.state.Add(startedUnit + 1)
+	r := Request{t: t}
+	if v&drainingBit != 0 {
+		r.draining = true
+		t.lateStart()
+	} else if (v>>32)%sampleEvery == 0 {
+		t.lastStart.Store(t.now().UnixNano())
+	}
+	return r
+}
+
+// BeginLongLived counts the start of a long-lived request (a stream, a
+// WebSocket, a hijacked connection). Long-lived requests are counted apart
+// from ordinary ones and have their own deadline in the offline condition.
+func (t *Tracker) BeginLongLived() Request {
+	v := t.state.Add(startedUnit)
+	t.longLived.Add(1)
+	r := Request{t: t, long: true}
+	if v&drainingBit != 0 {
+		r.draining = true
+		t.lateStart()
+	} else {
+		t.lastStart.Store(t.now().UnixNano())
+	}
+	return r
+}
+
+func (t *Tracker) lateStart() {
+	t.late.Add(1)
+	t.lastStart.Store(t.now().UnixNano())
+}
+
+// Draining reports whether the shutdown flag was set when r began: the
+// request came from a consumer whose view of the registry is stale.
+func (r *Request) Draining() bool { return r.draining }
+
+// End counts the end of r. Ending a request twice, or one that was never
+// begun, changes no count and returns an error. When the flag is set and the
+// last request ends, End wakes whoever waits in WaitIdle.
+func (r *Request) End() error {
+	t := r.t
+	if t == nil {
+		return ErrNotBegun
+	}
+	if r.ended {
+		t.misuse.Add(1)
+		return ErrEndedTwice
+	}
+	r.ended = true
+	if r.long {
+		if t.longLived.Add(-1) == 0 && t.state.Load()&drainingBit != 0 {
+			t.wake()
+		}
+		return nil
+	}
+	v := t.state.Add(^uint64(0)) // -1
+	switch {
+	case v&inflightMask == inflightMask:
+		// The count was already zero (a copied Request ended twice): undo
+		// the borrow so the count never goes negative.
+		t.state.Add(1)
+		t.misuse.Add(1)
+		return ErrEndedTwice
+	case v&(drainingBit|inflightMask) == drainingBit:
+		t.wake()
+	}
+	return nil
+}
+
+// wake tells waiters that a counter reached zero while draining.
+func (t *Tracker) wake() {
+	t.mu.Lock()
+	if t.idle != nil {
+		close(t.idle)
+		t.idle = nil
+	}
+	t.mu.Unlock()
+}
+
+// idleChan returns a channel that is closed at the next wake.
+func (t *Tracker) idleChan() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.idle == nil {
+		t.idle = make(chan struct{})
+	}
+	return t.idle
+}
+
+// SetDraining sets the shutdown flag. From then on Begin marks requests as
+// draining, and the functions registered with AfterDraining run. It reports
+// whether this call set the flag; later calls do nothing.
+func (t *Tracker) SetDraining() bool {
+	for {
+		v := t.state.Load()
+		if v&drainingBit != 0 {
+			return false
+		}
+		if t.state.CompareAndSwap(v, v|drainingBit) {
+			break
+		}
+	}
+	t.drainedAt.Store(t.now().UnixNano())
+	t.mu.Lock()
+	if t.drainingCh == nil {
+		t.drainingCh = make(chan struct{})
+	}
+	close(t.drainingCh)
+	fs := make([]func(), 0, len(t.afterDrain))
+	for a := range t.afterDrain {
+		fs = append(fs, a.f)
+	}
+	t.afterDrain = nil
+	t.mu.Unlock()
+	for _, f := range fs {
+		go f()
+	}
+	t.wake()
+	return true
+}
+
+// IsDraining reports whether the shutdown flag is set.
+func (t *Tracker) IsDraining() bool { return t.state.Load()&drainingBit != 0 }
+
+// Draining returns a channel that is closed when the flag is set, so that
+// long-lived handlers can say goodbye to their clients.
+func (t *Tracker) Draining() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.drainingCh == nil {
+		t.drainingCh = make(chan struct{})
+		if t.IsDraining() {
+			close(t.drainingCh)
+		}
+	}
+	return t.drainingCh
+}
+
+// AfterDraining arranges for f to run in its own goroutine when the flag is
+// set (at once if it already is), like context.AfterFunc. The returned stop
+// cancels the arrangement and reports whether it did so before f started.
+func (t *Tracker) AfterDraining(f func()) (stop func() bool) {
+	a := &afterDrain{f: f}
+	t.mu.Lock()
+	if t.IsDraining() {
+		t.mu.Unlock()
+		go f()
+		return func() bool { return false }
+	}
+	if t.afterDrain == nil {
+		t.afterDrain = map[*afterDrain]struct{}{}
+	}
+	t.afterDrain[a] = struct{}{}
+	t.mu.Unlock()
+	return func() bool {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		_, ok := t.afterDrain[a]
+		delete(t.afterDrain, a)
+		return ok
+	}
+}
+
+// InFlight returns the number of ordinary requests in flight.
+func (t *Tracker) InFlight() int64 { return int64(t.state.Load() & inflightMask) }
+
+// LongLived returns the number of long-lived requests in flight.
+func (t *Tracker) LongLived() int64 { return t.longLived.Load() }
+
+// Stats is a snapshot of a Tracker.
+type Stats struct {
+	InFlight  int64     `json:"in_flight"`
+	LongLived int64     `json:"long_lived"`
+	Draining  bool      `json:"draining"`
+	Started   uint32    `json:"started_mod_2_32"`
+	Late      int64     `json:"late"`   // requests begun after the flag was set
+	Misuse    int64     `json:"misuse"` // Ends refused as double or unbegun
+	LastStart time.Time `json:"last_start,omitzero"`
+	DrainedAt time.Time `json:"draining_since,omitzero"`
+}
+
+// Stats returns a snapshot. LastStart is exact once the flag is set; before
+// that it is sampled on one request in 64, to keep the clock off the hot path.
+func (t *Tracker) Stats() Stats {
+	v := t.state.Load()
+	s := Stats{
+		InFlight:  int64(v & inflightMask),
+		LongLived: t.longLived.Load(),
+		Draining:  v&drainingBit != 0,
+		Started:   uint32(v >> 32),
+		Late:      t.late.Load(),
+		Misuse:    t.misuse.Load(),
+	}
+	if n := t.lastStart.Load(); n != 0 {
+		s.LastStart = time.Unix(0, n)
+	}
+	if n := t.drainedAt.Load(); n != 0 {
+		s.DrainedAt = time.Unix(0, n)
+	}
+	return s
+}
+
+// Condition is the offline condition that WaitIdle waits for.
+type Condition struct {
+	// Quiet is how long no new request may arrive before the instance
+	// counts as idle, measured from the later of the last request start and
+	// the moment the flag was set.
+	Quiet time.Duration
+	// NotBefore is the earliest time the condition can hold: the minimum
+	// wait for consumers known to poll the registry instead of watching it.
+	NotBefore time.Time
+	// LongLivedUntil is when long-lived requests stop counting. Until then
+	// they must reach zero too. The zero time means they always count.
+	LongLivedUntil time.Time
+}
+
+// WaitIdle sets nothing; it blocks until the flag is set and c holds:
+// nothing in flight, no request begun for c.Quiet, c.NotBefore passed, and
+// long-lived requests done or past their deadline. The wait is driven by
+// events (the last request out wakes it) and by timers for the time-based
+// parts; nothing polls. It returns ctx.Err() if ctx ends first.
+func (t *Tracker) WaitIdle(ctx context.Context, c Condition) error {
+	clk := clock.OrReal(t.clock)
+	var draining <-chan struct{}
+	for {
+		if !t.IsDraining() {
+			if draining == nil {
+				draining = t.Draining()
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-draining:
+			}
+			continue
+		}
+		idle := t.idleChan()
+		ok, wakeAt := t.holds(c, clk.Now())
+		if ok {
+			return nil
+		}
+		var fire <-chan time.Time
+		var timer clock.Timer
+		if !wakeAt.IsZero() {
+			timer = clk.NewTimer(wakeAt.Sub(clk.Now()))
+			fire = timer.C()
+		}
+		select {
+		case <-ctx.Done():
+			if timer != nil {
+				timer.Stop()
+			}
+			return ctx.Err()
+		case <-idle:
+		case <-fire:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+}
+
+// holds evaluates c at now. When it does not hold, wakeAt is the next time
+// it could hold without any request ending (zero if only an End can help).
+func (t *Tracker) holds(c Condition, now time.Time) (ok bool, wakeAt time.Time) {
+	if t.InFlight() > 0 {
+		return false, time.Time{}
+	}
+	if t.LongLived() > 0 && (c.LongLivedUntil.IsZero() || now.Before(c.LongLivedUntil)) {
+		return false, c.LongLivedUntil
+	}
+	due := c.NotBefore
+	last := time.Unix(0, max(t.lastStart.Load(), t.drainedAt.Load()))
+	if q := last.Add(c.Quiet); q.After(due) {
+		due = q
+	}
+	if now.Before(due) {
+		return false, due
+	}
+	return true, time.Time{}
+}
