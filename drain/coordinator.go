@@ -316,7 +316,14 @@ func (c *Coordinator) run(start time.Time) {
 	defer cancelReg()
 
 	c.enter(Deregistering)
-	ok := c.deregisterAll(regCtx)
+	ok, watches := c.deregisterAll(regCtx)
+	defer func() {
+		for _, g := range watches {
+			if g != nil {
+				g.Stop()
+			}
+		}
+	}()
 	var lastDereg time.Time
 	for k := range c.regs {
 		if ok[k] {
@@ -329,7 +336,7 @@ func (c *Coordinator) run(start time.Time) {
 
 	c.enter(Confirming)
 	if regCtx.Err() == nil {
-		c.confirmAll(regCtx, ok)
+		c.confirmAll(regCtx, ok, watches)
 		if regCtx.Err() != nil {
 			cut(Confirming, regCtx)
 		}
@@ -411,9 +418,12 @@ func (c *Coordinator) until(parent context.Context, t time.Time) (context.Contex
 }
 
 // deregisterAll removes (or disables) the instance from every registry in
-// parallel, each retrying with backoff until it succeeds or ctx ends.
-func (c *Coordinator) deregisterAll(ctx context.Context) []bool {
+// parallel, each retrying with backoff until it succeeds or ctx ends. Each
+// registry's watch is opened first, so that confirmation comes from a push
+// that happened after the change, as consumers receive it.
+func (c *Coordinator) deregisterAll(ctx context.Context) ([]bool, []*registry.GoneWatch) {
 	ok := make([]bool, len(c.o.regs))
+	watches := make([]*registry.GoneWatch, len(c.o.regs))
 	var wg sync.WaitGroup
 	for k, r := range c.o.regs {
 		wg.Add(1)
@@ -422,6 +432,13 @@ func (c *Coordinator) deregisterAll(ctx context.Context) []bool {
 			c.setReg(k, func(s *RegistryStatus) { s.State = "deregistering" })
 			err := c.retry(ctx, r, func() error {
 				c.setReg(k, func(s *RegistryStatus) { s.Attempts++ })
+				if watches[k] == nil {
+					g, err := registry.WatchGone(ctx, r, c.o.inst)
+					if err != nil {
+						return err
+					}
+					watches[k] = g
+				}
 				if c.o.disable {
 					return r.(registry.Disabler).Disable(ctx, c.o.inst)
 				}
@@ -439,11 +456,12 @@ func (c *Coordinator) deregisterAll(ctx context.Context) []bool {
 		}()
 	}
 	wg.Wait()
-	return ok
+	return ok, watches
 }
 
-// confirmAll waits, per registry, for its watch to drop the instance.
-func (c *Coordinator) confirmAll(ctx context.Context, ok []bool) {
+// confirmAll waits, per registry, for its watch to drop the instance. A
+// watch that fails is reopened (with backoff) until ctx ends.
+func (c *Coordinator) confirmAll(ctx context.Context, ok []bool, watches []*registry.GoneWatch) {
 	var wg sync.WaitGroup
 	for k, r := range c.o.regs {
 		if !ok[k] {
@@ -452,9 +470,24 @@ func (c *Coordinator) confirmAll(ctx context.Context, ok []bool) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			g := watches[k]
 			err := c.retry(ctx, r, func() error {
-				return registry.WaitGone(ctx, c.o.inst, nil, r)
+				if g == nil {
+					var err error
+					if g, err = registry.WatchGone(ctx, r, c.o.inst); err != nil {
+						return err
+					}
+				}
+				err := g.Wait(ctx)
+				if err != nil {
+					g.Stop()
+					g = nil
+				}
+				return err
 			})
+			if g != nil {
+				g.Stop()
+			}
 			if err != nil {
 				c.setReg(k, func(s *RegistryStatus) { s.Error = "not confirmed: " + err.Error() })
 				c.emit(Event{Kind: EventGaveUp, Registry: r.String(), Err: err})

@@ -67,24 +67,66 @@ func WaitGone(ctx context.Context, i Instance, onGone func(Registry), regs ...Re
 }
 
 func waitGoneOne(ctx context.Context, r Registry, i Instance) error {
+	g, err := WatchGone(ctx, r, i)
+	if err != nil {
+		return err
+	}
+	defer g.Stop()
+	return g.Wait(ctx)
+}
+
+// GoneWatch follows one registry's consumer-visible list of an instance's
+// service across a change, so that the change is confirmed by the same kind
+// of push its consumers get. Open it before deregistering: a watch opened
+// afterwards reads the registry's current state, which shows the instance
+// gone at once and proves nothing about what consumers have seen.
+type GoneWatch struct {
+	r       Registry
+	i       Instance
+	w       Watcher
+	present bool // the first list held the instance
+	gone    bool
+}
+
+// WatchGone opens a watch on i's service in r and reads its first list.
+func WatchGone(ctx context.Context, r Registry, i Instance) (*GoneWatch, error) {
 	w, err := r.Watch(ctx, i.Service)
 	if err != nil {
-		return wrap(r, "watch", err)
+		return nil, wrap(r, "watch", err)
 	}
-	defer w.Stop()
-	for {
-		list, err := w.Next(ctx)
+	list, err := w.Next(ctx)
+	if err != nil {
+		_ = w.Stop()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, wrap(r, "watch", err)
+	}
+	present := Contains(list, i)
+	return &GoneWatch{r: r, i: i, w: w, present: present, gone: !present}, nil
+}
+
+// Listed reports whether the first list held the instance.
+func (g *GoneWatch) Listed() bool { return g.present }
+
+// Wait blocks until a list without the instance arrives (at once if the
+// last one seen lacked it) or ctx ends. Not safe for concurrent use.
+func (g *GoneWatch) Wait(ctx context.Context) error {
+	for !g.gone {
+		list, err := g.w.Next(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return wrap(r, "watch", err)
+			return wrap(g.r, "watch", err)
 		}
-		if !Contains(list, i) {
-			return nil
-		}
+		g.gone = !Contains(list, g.i)
 	}
+	return nil
 }
+
+// Stop ends the watch.
+func (g *GoneWatch) Stop() { _ = g.w.Stop() }
 
 // Contains reports whether list holds i (see Instance.Same).
 func Contains(list []Instance, i Instance) bool {

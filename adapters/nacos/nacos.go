@@ -1,0 +1,326 @@
+// Package nacos is lameduck's Nacos backend, on nacos-sdk-go/v2.
+//
+// Instances are registered as ephemeral (kept alive by the SDK's gRPC
+// connection, dropped when the process dies). Watches use the SDK's
+// Subscribe push with UpdateCacheWhenEmpty on, so the removal of the last
+// instance is seen, and report what consumers route to: enabled, healthy
+// instances with a weight above zero. Disable sets enabled=false.
+//
+// The SDK writes a cache and logs; they go to the directory given with
+// WithDataDir, or to a private temporary directory removed by Close, never
+// under $HOME.
+package nacos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nacos-group/nacos-sdk-go/v2/clients"
+	"github.com/nacos-group/nacos-sdk-go/v2/common/constant"
+	"github.com/nacos-group/nacos-sdk-go/v2/model"
+	"github.com/nacos-group/nacos-sdk-go/v2/vo"
+
+	"github.com/lameduck/lameduck/registry"
+)
+
+// MetaID is the metadata key that carries lameduck's instance ID, since
+// Nacos makes up its own ("ip#port#cluster#group@@service").
+const MetaID = "lameduck.id"
+
+// client is the part of the SDK the backend uses, so unit tests can use a
+// fake.
+type client interface {
+	RegisterInstance(p vo.RegisterInstanceParam) (bool, error)
+	DeregisterInstance(p vo.DeregisterInstanceParam) (bool, error)
+	UpdateInstance(p vo.UpdateInstanceParam) (bool, error)
+	SelectAllInstances(p vo.SelectAllInstancesParam) ([]model.Instance, error)
+	Subscribe(p *vo.SubscribeParam) error
+	Unsubscribe(p *vo.SubscribeParam) error
+	CloseClient()
+}
+
+// Option configures a Registry.
+type Option func(*options)
+
+type options struct {
+	addr      string
+	namespace string
+	group     string
+	cluster   string
+	username  string
+	password  string
+	dataDir   string
+	timeout   time.Duration
+	logLevel  string
+	client    client
+}
+
+func (o *options) setDefaults() {
+	if o.addr == "" {
+		o.addr = "127.0.0.1:8848"
+	}
+	if o.group == "" {
+		o.group = constant.DEFAULT_GROUP
+	}
+	if o.cluster == "" {
+		o.cluster = "DEFAULT"
+	}
+	if o.timeout <= 0 {
+		o.timeout = 5 * time.Second
+	}
+	if o.logLevel == "" {
+		o.logLevel = "warn"
+	}
+}
+
+// WithAddress sets the server's host:port (its HTTP port; the SDK uses the
+// gRPC port 1000 above it). The default is 127.0.0.1:8848.
+func WithAddress(addr string) Option { return func(o *options) { o.addr = addr } }
+
+// WithNamespace sets the namespace ID; the default is the public one.
+func WithNamespace(ns string) Option { return func(o *options) { o.namespace = ns } }
+
+// WithGroup sets the default group; DEFAULT_GROUP unless set. An Instance's
+// own Group wins.
+func WithGroup(g string) Option { return func(o *options) { o.group = g } }
+
+// WithCluster sets the default cluster; DEFAULT unless set. An Instance's
+// own Cluster wins.
+func WithCluster(c string) Option { return func(o *options) { o.cluster = c } }
+
+// WithCredentials sets the user name and password for a server with auth.
+func WithCredentials(user, password string) Option {
+	return func(o *options) { o.username, o.password = user, password }
+}
+
+// WithDataDir puts the SDK's cache and logs under dir.
+func WithDataDir(dir string) Option { return func(o *options) { o.dataDir = dir } }
+
+// WithTimeout bounds each SDK call; default 5s.
+func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// WithLogLevel sets the SDK's log level (debug, info, warn, error); default warn.
+func WithLogLevel(l string) Option { return func(o *options) { o.logLevel = l } }
+
+func withClient(c client) Option { return func(o *options) { o.client = c } }
+
+// Registry is the Nacos backend. It is safe for concurrent use. Close it to
+// stop the SDK's goroutines.
+type Registry struct {
+	o       options
+	name    string
+	c       client
+	tempDir string // removed by Close
+
+	mu     sync.Mutex
+	calls  sync.WaitGroup // SDK calls that may outlive their ctx
+	closed bool
+}
+
+var (
+	_ registry.Registry = (*Registry)(nil)
+	_ registry.Disabler = (*Registry)(nil)
+)
+
+// New connects to the server (the SDK starts its gRPC connection at once).
+func New(opts ...Option) (*Registry, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	o.setDefaults()
+	host, portStr, err := net.SplitHostPort(o.addr)
+	port, perr := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || host == "" || perr != nil || port == 0 || port > 64535 {
+		return nil, fmt.Errorf("nacos: address %q is not host:port with a port below 64536 (the gRPC port is 1000 above it)", o.addr)
+	}
+	name := "nacos://" + o.addr
+	if o.namespace != "" {
+		name += "?namespace=" + o.namespace
+	}
+	r := &Registry{o: o, name: name, c: o.client}
+	if r.c != nil {
+		return r, nil
+	}
+	dir := o.dataDir
+	if dir == "" {
+		dir, err = os.MkdirTemp("", "lameduck-nacos-")
+		if err != nil {
+			return nil, fmt.Errorf("nacos: make a data directory for the SDK: %w", err)
+		}
+		r.tempDir = dir
+	}
+	cc := constant.NewClientConfig(
+		constant.WithNamespaceId(o.namespace),
+		constant.WithTimeoutMs(uint64(o.timeout/time.Millisecond)),
+		constant.WithNotLoadCacheAtStart(true),
+		constant.WithUpdateCacheWhenEmpty(true),
+		constant.WithCacheDir(filepath.Join(dir, "cache")),
+		constant.WithLogDir(filepath.Join(dir, "log")),
+		constant.WithLogLevel(o.logLevel),
+		constant.WithUsername(o.username),
+		constant.WithPassword(o.password),
+	)
+	c, err := clients.NewNamingClient(vo.NacosClientParam{
+		ClientConfig:  cc,
+		ServerConfigs: []constant.ServerConfig{*constant.NewServerConfig(host, port)},
+	})
+	if err != nil {
+		r.removeTemp()
+		return nil, fmt.Errorf("nacos: connect to %s: %w", name, err)
+	}
+	r.c = c
+	return r, nil
+}
+
+func (r *Registry) String() string { return r.name }
+
+func (r *Registry) removeTemp() {
+	if r.tempDir != "" {
+		_ = os.RemoveAll(r.tempDir)
+	}
+}
+
+// Close closes the SDK client, waits for calls still under way, and removes
+// the private data directory.
+func (r *Registry) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	r.mu.Unlock()
+	r.calls.Wait()
+	r.c.CloseClient()
+	r.removeTemp()
+	return nil
+}
+
+func (r *Registry) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &registry.Error{Registry: r.name, Op: op, Err: err}
+}
+
+// call runs an SDK call, which takes no context, so that the caller's ctx
+// still bounds the wait; the call itself ends within the SDK timeout.
+func (r *Registry) call(ctx context.Context, op string, f func() (bool, error)) error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return r.wrap(op, errors.New("backend is closed"))
+	}
+	r.calls.Add(1)
+	r.mu.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		defer r.calls.Done()
+		ok, err := f()
+		if err == nil && !ok {
+			err = errors.New("server answered false")
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return r.wrap(op, err)
+	case <-ctx.Done():
+		return r.wrap(op, ctx.Err())
+	}
+}
+
+func (r *Registry) group(i registry.Instance) string {
+	if i.Group != "" {
+		return i.Group
+	}
+	return r.o.group
+}
+
+func (r *Registry) cluster(i registry.Instance) string {
+	if i.Cluster != "" {
+		return i.Cluster
+	}
+	return r.o.cluster
+}
+
+func weight(i registry.Instance) float64 {
+	if i.Weight > 0 {
+		return i.Weight
+	}
+	return 1
+}
+
+func metadata(i registry.Instance) map[string]string {
+	m := make(map[string]string, len(i.Metadata)+1)
+	for k, v := range i.Metadata {
+		m[k] = v
+	}
+	if i.ID != "" {
+		m[MetaID] = i.ID
+	}
+	return m
+}
+
+func (r *Registry) checkNamespace(i registry.Instance) error {
+	if i.Namespace != "" && i.Namespace != r.o.namespace {
+		return fmt.Errorf("nacos: instance is in namespace %q but this backend serves %q; open one per namespace", i.Namespace, r.o.namespace)
+	}
+	return nil
+}
+
+// Register registers i as an ephemeral instance.
+func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
+	if err := i.Validate(); err != nil {
+		return err
+	}
+	if err := r.checkNamespace(i); err != nil {
+		return err
+	}
+	p := vo.RegisterInstanceParam{
+		Ip: i.Address, Port: uint64(i.Port), Weight: weight(i), Enable: true, Healthy: true,
+		Metadata: metadata(i), ClusterName: r.cluster(i), ServiceName: i.Service, GroupName: r.group(i), Ephemeral: true,
+	}
+	return r.call(ctx, "register", func() (bool, error) { return r.c.RegisterInstance(p) })
+}
+
+// Deregister removes i. Nacos treats removing an unknown instance as
+// success. An ephemeral instance belongs to the client connection that
+// registered it; to hide an instance registered by another process, use
+// Disable.
+func (r *Registry) Deregister(ctx context.Context, i registry.Instance) error {
+	p := vo.DeregisterInstanceParam{
+		Ip: i.Address, Port: uint64(i.Port), Cluster: r.cluster(i), ServiceName: i.Service, GroupName: r.group(i), Ephemeral: true,
+	}
+	return r.call(ctx, "deregister", func() (bool, error) { return r.c.DeregisterInstance(p) })
+}
+
+// Disable sets enabled=false: still registered, no longer routed to.
+func (r *Registry) Disable(ctx context.Context, i registry.Instance) error {
+	return r.setEnabled(ctx, i, false)
+}
+
+// Enable sets enabled=true.
+func (r *Registry) Enable(ctx context.Context, i registry.Instance) error {
+	return r.setEnabled(ctx, i, true)
+}
+
+func (r *Registry) setEnabled(ctx context.Context, i registry.Instance, on bool) error {
+	op := "disable"
+	if on {
+		op = "enable"
+	}
+	p := vo.UpdateInstanceParam{
+		Ip: i.Address, Port: uint64(i.Port), Weight: weight(i), Enable: on, Healthy: true,
+		Metadata: metadata(i), ClusterName: r.cluster(i), ServiceName: i.Service, GroupName: r.group(i), Ephemeral: true,
+	}
+	return r.call(ctx, op, func() (bool, error) { return r.c.UpdateInstance(p) })
+}

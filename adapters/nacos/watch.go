@@ -1,0 +1,156 @@
+package nacos
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sort"
+	"sync"
+
+	"github.com/nacos-group/nacos-sdk-go/v2/model"
+	"github.com/nacos-group/nacos-sdk-go/v2/vo"
+
+	"github.com/lameduck/lameduck/registry"
+)
+
+// Watch subscribes to service in the backend's group. The first Next
+// returns the server's current list; later ones follow the server's pushes.
+func (r *Registry) Watch(ctx context.Context, service string) (registry.Watcher, error) {
+	if service == "" {
+		return nil, r.wrap("watch", errors.New("empty service name"))
+	}
+	w := &watcher{r: r, service: service, changed: make(chan struct{}, 1), stopped: make(chan struct{})}
+	w.param = &vo.SubscribeParam{
+		ServiceName: service,
+		GroupName:   r.o.group,
+		SubscribeCallback: func(hosts []model.Instance, err error) {
+			if err != nil {
+				return // the SDK retries; the last good list stands
+			}
+			w.set(toInstances(service, hosts), true)
+		},
+	}
+	if err := r.call(ctx, "watch", func() (bool, error) { return true, r.c.Subscribe(w.param) }); err != nil {
+		return nil, err
+	}
+	// A second subscriber to an already-cached service gets no push, so
+	// fetch the current list once. A push that arrived meanwhile is newer.
+	var hosts []model.Instance
+	err := r.call(ctx, "watch", func() (bool, error) {
+		var err error
+		hosts, err = r.c.SelectAllInstances(vo.SelectAllInstancesParam{ServiceName: service, GroupName: r.o.group})
+		return true, err
+	})
+	if err != nil {
+		_ = w.Stop()
+		return nil, err
+	}
+	w.set(toInstances(service, hosts), false)
+	w.unbind = context.AfterFunc(ctx, func() { _ = w.Stop() })
+	return w, nil
+}
+
+type watcher struct {
+	r       *Registry
+	service string
+	param   *vo.SubscribeParam // the SDK matches the callback by this pointer
+	changed chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+	unbind  func() bool
+
+	mu     sync.Mutex
+	latest []registry.Instance
+	have   bool // a list has arrived
+	pushed bool // a push has arrived (newer than the initial fetch)
+	fresh  bool // latest not yet returned
+	last   []registry.Instance
+	sent   bool
+}
+
+func (w *watcher) set(list []registry.Instance, push bool) {
+	w.mu.Lock()
+	if !push && w.pushed {
+		w.mu.Unlock()
+		return
+	}
+	w.pushed = w.pushed || push
+	w.latest, w.have, w.fresh = list, true, true
+	w.mu.Unlock()
+	select {
+	case w.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) {
+	for {
+		select {
+		case <-w.stopped:
+			return nil, context.Canceled
+		default:
+		}
+		w.mu.Lock()
+		if w.fresh {
+			w.fresh = false
+			list := w.latest
+			if !w.sent || !sameSet(list, w.last) {
+				w.sent, w.last = true, list
+				w.mu.Unlock()
+				return list, nil
+			}
+		}
+		w.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-w.stopped:
+			return nil, context.Canceled
+		case <-w.changed:
+		}
+	}
+}
+
+func (w *watcher) Stop() error {
+	w.once.Do(func() {
+		if w.unbind != nil {
+			w.unbind()
+		}
+		close(w.stopped)
+		ctx, cancel := context.WithTimeout(context.Background(), w.r.o.timeout)
+		defer cancel()
+		_ = w.r.call(ctx, "unwatch", func() (bool, error) { return true, w.r.c.Unsubscribe(w.param) })
+	})
+	return nil
+}
+
+// toInstances keeps what consumers route to: enabled, healthy, weight > 0.
+func toInstances(service string, hosts []model.Instance) []registry.Instance {
+	out := make([]registry.Instance, 0, len(hosts))
+	for _, h := range hosts {
+		if !h.Enable || !h.Healthy || h.Weight <= 0 {
+			continue
+		}
+		in := registry.Instance{
+			Service: service, ID: h.Metadata[MetaID], Address: h.Ip, Port: int(h.Port),
+			Cluster: h.ClusterName, Weight: h.Weight,
+		}
+		if len(h.Metadata) > 0 {
+			in.Metadata = make(map[string]string, len(h.Metadata))
+			for k, v := range h.Metadata {
+				if k != MetaID {
+					in.Metadata[k] = v
+				}
+			}
+		}
+		out = append(out, in)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Endpoint() < out[b].Endpoint() })
+	return out
+}
+
+func sameSet(a, b []registry.Instance) bool {
+	return slices.EqualFunc(a, b, func(x, y registry.Instance) bool {
+		return x.ID == y.ID && x.Address == y.Address && x.Port == y.Port && x.Weight == y.Weight
+	})
+}

@@ -1,0 +1,57 @@
+package adapters
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/lameduck/lameduck/adapters/nacos"
+)
+
+func init() { openers["nacos"] = openNacos }
+
+// openNacos reads nacos://host:port[?namespace=NS&group=G&cluster=C&data-dir=DIR&timeout=5s].
+func openNacos(_ context.Context, u *url.URL, creds Credentials) (Registry, error) {
+	q := u.Query()
+	if err := params("nacos", q, "namespace", "group", "cluster", "data-dir", "timeout"); err != nil {
+		return nil, err
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("adapters: nacos URL has no host; use nacos://127.0.0.1:8848")
+	}
+	if u.Path != "" && u.Path != "/" && u.Path != "/nacos" {
+		return nil, fmt.Errorf("adapters: nacos URL takes no path, got %q; use nacos://127.0.0.1:8848", u.Path)
+	}
+	if err := checkHostPort("nacos", u.Host); err != nil {
+		return nil, err
+	}
+	opts := []nacos.Option{nacos.WithAddress(u.Host)}
+	// "public" is how users name the default namespace; its ID is empty.
+	if ns := q.Get("namespace"); ns != "" && ns != "public" {
+		opts = append(opts, nacos.WithNamespace(ns))
+	}
+	if g := q.Get("group"); g != "" {
+		opts = append(opts, nacos.WithGroup(g))
+	}
+	if c := q.Get("cluster"); c != "" {
+		opts = append(opts, nacos.WithCluster(c))
+	}
+	if d := q.Get("data-dir"); d != "" {
+		opts = append(opts, nacos.WithDataDir(d))
+	}
+	if s := q.Get("timeout"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("adapters: nacos URL parameter timeout=%q is not a positive duration such as 5s", s)
+		}
+		opts = append(opts, nacos.WithTimeout(d))
+	}
+	if creds.NacosUsername != "" || creds.NacosPassword != "" {
+		if creds.NacosUsername == "" || creds.NacosPassword == "" {
+			return nil, fmt.Errorf("adapters: nacos needs both a user name and a password, or neither")
+		}
+		opts = append(opts, nacos.WithCredentials(creds.NacosUsername, creds.NacosPassword))
+	}
+	return nacos.New(opts...)
+}

@@ -1,0 +1,126 @@
+// Package cli is the lameduck command set, built on urfave/cli/v2. The
+// binary's main (cli/lameduck) only runs App.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"github.com/lameduck/lameduck/adapters"
+)
+
+// Environment variables the commands read. Flags with the same meaning take
+// these as defaults.
+const (
+	EnvRegistry      = "LAMEDUCK_REGISTRY"
+	EnvConsulToken   = "CONSUL_HTTP_TOKEN" // Consul's own name, as its CLI uses it
+	EnvNacosUsername = "NACOS_USERNAME"
+	EnvNacosPassword = "NACOS_PASSWORD"
+)
+
+// Exit codes, documented in README.
+const (
+	ExitOK          = 0 // drained (or the command succeeded)
+	ExitFailed      = 1 // the command ran but what it checks failed
+	ExitBadInput    = 2 // bad flags, arguments or URLs
+	ExitRegistry    = 3 // a registry could not be reached in time
+	ExitForced      = 4 // the deadline forced the stop
+	DefaultRegistry = "memory://?push-delay=200ms"
+)
+
+// exitError carries an exit code with a one-line message.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func badInput(format string, args ...any) error {
+	return &exitError{code: ExitBadInput, err: fmt.Errorf(format, args...)}
+}
+
+// ExitCode maps an error from App.Run to the documented exit code.
+func ExitCode(err error) int {
+	var e *exitError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &e):
+		return e.code
+	}
+	return ExitFailed
+}
+
+// App returns the lameduck command-line application.
+func App(stdout, stderr io.Writer) *ucli.App {
+	return &ucli.App{
+		Name:  "lameduck",
+		Usage: "take service instances offline from Consul or Nacos without losing a request",
+		Description: "lameduck deregisters an instance, waits until the registry confirms consumers no longer see it,\n" +
+			"drains in-flight requests until they reach zero and stay quiet, and only then stops it,\n" +
+			"all within one deadline. Evidence instead of `sleep 30`.",
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideHelpCommand: true,
+		Commands: []*ucli.Command{
+			demoCommand(),
+		},
+		// urfave prints usage errors itself; mark them so main exits 2.
+		OnUsageError: func(c *ucli.Context, err error, _ bool) error {
+			return badInput("%v (see --help)", err)
+		},
+		CommandNotFound: func(c *ucli.Context, name string) {
+			fmt.Fprintf(stderr, "lameduck: unknown command %q; run lameduck --help for the list\n", name)
+		},
+		ExitErrHandler: func(*ucli.Context, error) {}, // main decides the exit code
+	}
+}
+
+// Main runs the app with args and returns the process exit code. Errors are
+// printed as one line, never a stack trace.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	app := App(stdout, stderr)
+	err := app.RunContext(ctx, args)
+	if err != nil {
+		fmt.Fprintf(stderr, "lameduck: %v\n", err)
+	}
+	return ExitCode(err)
+}
+
+// registryFlags are the flags every command that talks to registries takes.
+func registryFlags(def string) []ucli.Flag {
+	return []ucli.Flag{
+		&ucli.StringSliceFlag{
+			Name:    "registry",
+			Usage:   "registry URL, repeat for several (memory://?push-delay=200ms, consul://127.0.0.1:8500?dc=dc1, nacos://127.0.0.1:8848?namespace=public)",
+			EnvVars: []string{EnvRegistry},
+			Value:   ucli.NewStringSlice(def),
+		},
+		&ucli.StringFlag{Name: "consul-token", Usage: "Consul ACL token", EnvVars: []string{EnvConsulToken}},
+		&ucli.StringFlag{Name: "nacos-username", Usage: "Nacos user name", EnvVars: []string{EnvNacosUsername}},
+		&ucli.StringFlag{Name: "nacos-password", Usage: "Nacos password", EnvVars: []string{EnvNacosPassword}},
+	}
+}
+
+// openRegistries opens the registries named by the --registry flags.
+func openRegistries(c *ucli.Context) ([]adapters.Registry, error) {
+	urls := c.StringSlice("registry")
+	if len(urls) == 0 {
+		return nil, badInput("no registry given; pass --registry URL or set %s", EnvRegistry)
+	}
+	regs, err := adapters.OpenAll(c.Context, urls, adapters.Credentials{
+		ConsulToken:   c.String("consul-token"),
+		NacosUsername: c.String("nacos-username"),
+		NacosPassword: c.String("nacos-password"),
+	})
+	if err != nil {
+		return nil, &exitError{code: ExitBadInput, err: err}
+	}
+	return regs, nil
+}
