@@ -3,6 +3,8 @@ package registry
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -108,7 +110,13 @@ func (m Multi) Watch(ctx context.Context, service string) (Watcher, error) {
 	for k, w := range watchers {
 		go mw.pump(ctx, k, m[k], w)
 	}
-	go func() { mw.wg.Wait(); close(mw.done) }()
+	go func() {
+		mw.wg.Wait()
+		if len(watchers) == 0 {
+			<-ctx.Done() // nothing to pump: the empty list stands until Stop or ctx ends
+		}
+		close(mw.done)
+	}()
 	return mw, nil
 }
 
@@ -121,8 +129,9 @@ type multiWatcher struct {
 	mu    sync.Mutex
 	lists [][]Instance
 	seen  []bool
-	dirty bool // a list arrived since the last Next returned
-	sent  bool
+	dirty bool       // a list arrived since the last Next returned
+	sent  bool       // Next has returned a list
+	last  []Instance // copy of the list Next last returned
 	err   error
 }
 
@@ -156,9 +165,14 @@ func (mw *multiWatcher) notify() {
 }
 
 // Next returns the union once every registry has reported, and after that
-// each time any registry reports a new list.
+// each time a registry's new list changes the union.
 func (mw *multiWatcher) Next(ctx context.Context) ([]Instance, error) {
 	for {
+		select {
+		case <-mw.done: // stopped: a list that arrived before does not count
+			return nil, mw.endErr()
+		default:
+		}
 		mw.mu.Lock()
 		if mw.err != nil {
 			err := mw.err
@@ -170,26 +184,35 @@ func (mw *multiWatcher) Next(ctx context.Context) ([]Instance, error) {
 			all = all && s
 		}
 		if all && (mw.dirty || !mw.sent) {
-			mw.sent, mw.dirty = true, false
 			out := union(mw.lists)
-			mw.mu.Unlock()
-			return out, nil
+			changed := !mw.sent || !sameInstances(out, mw.last)
+			mw.sent, mw.dirty = true, false
+			if changed {
+				mw.last = slices.Clone(out)
+				mw.mu.Unlock()
+				return out, nil
+			}
 		}
 		mw.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-mw.done:
-			mw.mu.Lock()
-			err := mw.err
-			mw.mu.Unlock()
-			if err == nil {
-				err = context.Canceled
-			}
-			return nil, err
+			return nil, mw.endErr()
 		case <-mw.changed:
 		}
 	}
+}
+
+// endErr is what Next returns once every pump has returned: the first
+// watch failure, or context.Canceled after Stop or the Watch ctx ending.
+func (mw *multiWatcher) endErr() error {
+	mw.mu.Lock()
+	defer mw.mu.Unlock()
+	if mw.err != nil {
+		return mw.err
+	}
+	return context.Canceled
 }
 
 func (mw *multiWatcher) Stop() error {
@@ -214,4 +237,30 @@ func union(lists [][]Instance) []Instance {
 		}
 	}
 	return out
+}
+
+// sameInstances reports whether a and b hold equal instances, in any order.
+func sameInstances(a, b []Instance) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	used := make([]bool, len(b))
+next:
+	for _, x := range a {
+		for k, y := range b {
+			if !used[k] && x.equal(y) {
+				used[k] = true
+				continue next
+			}
+		}
+		return false
+	}
+	return true
+}
+
+// equal reports whether i and o are equal in every field.
+func (i Instance) equal(o Instance) bool {
+	return i.Service == o.Service && i.ID == o.ID && i.Address == o.Address && i.Port == o.Port &&
+		slices.Equal(i.Tags, o.Tags) && maps.Equal(i.Metadata, o.Metadata) &&
+		i.Namespace == o.Namespace && i.Group == o.Group && i.Cluster == o.Cluster && i.Weight == o.Weight
 }

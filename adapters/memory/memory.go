@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -205,7 +206,9 @@ func (r *Registry) visibleLocked(service string) []registry.Instance {
 }
 
 // publishLocked schedules delivery of the current snapshot to every watcher
-// of service after the push delay. Snapshots are delivered in order.
+// of service after the push delay. Snapshots are delivered in order. snap is
+// never handed out: each watcher gets its own copy, so a caller that edits
+// what Next returned cannot change another watcher's list.
 func (r *Registry) publishLocked(service string) {
 	snap := r.visibleLocked(service)
 	for w := range r.watchers[service] {
@@ -232,6 +235,7 @@ func (r *Registry) Watch(ctx context.Context, service string) (registry.Watcher,
 		stopped: make(chan struct{}),
 	}
 	w.latest, w.fresh = r.visibleLocked(service), true
+	w.last = r.visibleLocked(service)
 	if r.watchers[service] == nil {
 		r.watchers[service] = map[*watcher]struct{}{}
 	}
@@ -269,6 +273,7 @@ type watcher struct {
 	unbind  func() bool // detaches the Watch ctx
 
 	mu      sync.Mutex
+	last    []registry.Instance // newest list scheduled; shared, never handed out
 	latest  []registry.Instance
 	fresh   bool          // latest not yet returned by Next
 	pending []clock.Timer // scheduled deliveries
@@ -276,12 +281,18 @@ type watcher struct {
 	applied uint64        // highest delivery applied
 }
 
-// schedule delivers snap after the push delay. Called with reg.mu held, so
-// calls are ordered; a later snapshot never overwrites an earlier one that
-// is due after it because every delivery waits the same delay.
-func (w *watcher) schedule(snap []registry.Instance) {
+// schedule delivers a copy of shared after the push delay, unless shared
+// equals the list last scheduled: Next returns only lists that differ. Called with
+// reg.mu held, so calls are ordered; a delivery never overwrites a later one,
+// whichever timer goroutine runs first, because of the sequence check.
+func (w *watcher) schedule(shared []registry.Instance) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if slices.EqualFunc(w.last, shared, sameFields) {
+		return
+	}
+	w.last = shared
+	snap := cloneList(shared)
 	w.seq++
 	seq := w.seq
 	deliver := func() {
@@ -357,6 +368,26 @@ func (w *watcher) Stop() error {
 		close(w.stopped)
 	})
 	return nil
+}
+
+func cloneList(l []registry.Instance) []registry.Instance {
+	if l == nil {
+		return nil
+	}
+	out := make([]registry.Instance, len(l))
+	for k, in := range l {
+		in.Tags = slices.Clone(in.Tags)
+		in.Metadata = cloneMap(in.Metadata)
+		out[k] = in
+	}
+	return out
+}
+
+// sameFields reports whether a and b are equal in every field.
+func sameFields(a, b registry.Instance) bool {
+	return a.Service == b.Service && a.ID == b.ID && a.Address == b.Address && a.Port == b.Port &&
+		slices.Equal(a.Tags, b.Tags) && maps.Equal(a.Metadata, b.Metadata) &&
+		a.Namespace == b.Namespace && a.Group == b.Group && a.Cluster == b.Cluster && a.Weight == b.Weight
 }
 
 func cloneMap(m map[string]string) map[string]string {

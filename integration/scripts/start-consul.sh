@@ -28,7 +28,7 @@ fi
 
 # -dev keeps state in memory only; DNS is off because nothing here uses it.
 nohup "$bin" agent -dev -client 127.0.0.1 -bind 127.0.0.1 -http-port "$CONSUL_HTTP_PORT" \
-  -dns-port -1 -grpc-port -1 -log-level warn >"$log" 2>&1 &
+  -dns-port -1 -grpc-port -1 -grpc-tls-port -1 -log-level warn >"$log" 2>&1 &
 echo $! >"$pidfile"
 
 deadline=$((SECONDS + READY_TIMEOUT))

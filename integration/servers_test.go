@@ -1,0 +1,71 @@
+// Package integration tests lameduck against real Consul and Nacos servers,
+// which integration/scripts install and start on loopback (`make test` does
+// both). In CI (CI=true) or with LAMEDUCK_INTEGRATION=1 a missing server
+// fails the test; elsewhere it is skipped with a hint.
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+)
+
+// Server addresses, overridable like the scripts' ports.
+func consulAddr() string { return envOr("CONSUL_HTTP_ADDR", "127.0.0.1:8500") }
+func nacosAddr() string  { return envOr("NACOS_ADDR", "127.0.0.1:8848") }
+func nacosUser() string  { return envOr("NACOS_USERNAME", "nacos") }
+func nacosPass() string  { return envOr("NACOS_PASSWORD", "lameduck-test-pw") }
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// required reports whether a missing server must fail the run.
+func required() bool { return os.Getenv("CI") != "" || os.Getenv("LAMEDUCK_INTEGRATION") != "" }
+
+// needServer fails (in CI) or skips (elsewhere) unless url answers 200.
+func needServer(t *testing.T, name, url string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode < 500 {
+			return
+		}
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	msg := fmt.Sprintf("%s is not reachable at %s (%v); start it with integration/scripts/start-%s.sh or run `make test`", name, url, err, name)
+	if required() {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+func needConsul(t *testing.T) {
+	needServer(t, "consul", "http://"+consulAddr()+"/v1/status/leader")
+}
+
+func needNacos(t *testing.T) {
+	needServer(t, "nacos", "http://"+nacosAddr()+"/nacos/v1/console/health/liveness")
+}
+
+// freePort returns a loopback port nothing listens on right now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
