@@ -61,6 +61,9 @@ func Open(ctx context.Context, raw string, creds Credentials) (Registry, error) 
 	if strings.TrimSpace(raw) == "" {
 		return nil, fmt.Errorf("adapters: empty registry URL; want one like %s", examples())
 	}
+	if !strings.Contains(raw, "://") {
+		return nil, fmt.Errorf("adapters: registry URL %q has no scheme; want one like %s", redact(raw), examples())
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, fmt.Errorf("adapters: registry URL %q does not parse; want one like %s", redact(raw), examples())

@@ -68,18 +68,31 @@ func App(stdout, stderr io.Writer) *ucli.App {
 		Writer:          stdout,
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
-		Commands: []*ucli.Command{
+		Commands: withUsageErrors(
 			demoCommand(),
+		),
+		OnUsageError: usageError,
+		// Reached only when no command matched.
+		Action: func(c *ucli.Context) error {
+			if c.NArg() > 0 {
+				return badInput("unknown command %q; run lameduck --help for the list", c.Args().First())
+			}
+			return ucli.ShowAppHelp(c)
 		},
-		// urfave prints usage errors itself; mark them so main exits 2.
-		OnUsageError: func(c *ucli.Context, err error, _ bool) error {
-			return badInput("%v (see --help)", err)
-		},
-		CommandNotFound: func(c *ucli.Context, name string) {
-			fmt.Fprintf(stderr, "lameduck: unknown command %q; run lameduck --help for the list\n", name)
-		},
-		ExitErrHandler: func(*ucli.Context, error) {}, // main decides the exit code
+		ExitErrHandler: func(*ucli.Context, error) {}, // Main decides the exit code
 	}
+}
+
+// usageError turns urfave's flag errors into one-line bad-input errors.
+func usageError(c *ucli.Context, err error, _ bool) error {
+	return badInput("%v (see --help)", err)
+}
+
+func withUsageErrors(cmds ...*ucli.Command) []*ucli.Command {
+	for _, c := range cmds {
+		c.OnUsageError = usageError
+	}
+	return cmds
 }
 
 // Main runs the app with args and returns the process exit code. Errors are
