@@ -112,7 +112,9 @@ func examples() string {
 func redact(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil || u.User == nil {
-		if i := strings.Index(raw, "@"); i >= 0 {
+		// Userinfo ends at the last "@" (as net/url reads it), so a
+		// password holding "@" is dropped whole.
+		if i := strings.LastIndex(raw, "@"); i >= 0 {
 			if j := strings.Index(raw, "://"); j >= 0 && j < i {
 				return raw[:j+3] + "REDACTED@" + raw[i+1:]
 			}

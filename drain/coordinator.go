@@ -49,6 +49,7 @@ type RegistryStatus struct {
 	Error          string        `json:"error,omitempty"`
 
 	deregisteredAt time.Time
+	err            error // what Error says, kept for errors.Is/As
 }
 
 // PhaseSpan is when a phase started and how long it took.
@@ -343,7 +344,7 @@ func (c *Coordinator) run(start time.Time) {
 	}
 	for k, st := range c.Status().Registries {
 		if st.Error != "" {
-			errs = append(errs, &registry.Error{Registry: st.Name, Op: opName(o.disable, ok[k]), Err: errors.New(st.Error)})
+			errs = append(errs, &registry.Error{Registry: st.Name, Op: opName(o.disable, ok[k]), Err: st.err})
 		}
 	}
 
@@ -445,7 +446,7 @@ func (c *Coordinator) deregisterAll(ctx context.Context) ([]bool, []*registry.Go
 				return r.Deregister(ctx, c.o.inst)
 			})
 			if err != nil {
-				c.setReg(k, func(s *RegistryStatus) { s.State, s.Error = "failed", err.Error() })
+				c.setReg(k, func(s *RegistryStatus) { s.State, s.Error, s.err = "failed", err.Error(), err })
 				c.emit(Event{Kind: EventGaveUp, Registry: r.String(), Err: err})
 				return
 			}
@@ -489,7 +490,7 @@ func (c *Coordinator) confirmAll(ctx context.Context, ok []bool, watches []*regi
 				g.Stop()
 			}
 			if err != nil {
-				c.setReg(k, func(s *RegistryStatus) { s.Error = "not confirmed: " + err.Error() })
+				c.setReg(k, func(s *RegistryStatus) { s.Error, s.err = "not confirmed: "+err.Error(), err })
 				c.emit(Event{Kind: EventGaveUp, Registry: r.String(), Err: err})
 				return
 			}

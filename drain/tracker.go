@@ -17,16 +17,22 @@ import (
 // The tracker's state word packs three fields so that a request's start is
 // one atomic add and its end one atomic subtract:
 //
-//	bits 0-30   requests in flight
-//	bit  31     the shutdown (draining) flag
+//	bit  0      the shutdown (draining) flag
+//	bits 1-31   requests in flight
 //	bits 32-63  requests started, modulo 2^32
+//
+// The flag sits below the in-flight count so that a wrong End, which
+// borrows from the bits above the count until it is undone, can never
+// clear or set the flag, even for a moment.
 const (
-	inflightMask = 1<<31 - 1
-	drainingBit  = 1 << 31
+	drainingBit  = 1
+	inflightUnit = 2
+	inflightMask = 1<<32 - inflightUnit
 	startedUnit  = 1 << 32
-	// In serving mode the start time is sampled on one request in
-	// sampleEvery, which keeps the clock read off the hot path.
-	sampleEvery = 64
+	// endSlowMask picks out what sends an End off the fast path: the flag,
+	// or the top bit of the count, which a count below zero sets (a count of
+	// 2^30 requests in flight never happens).
+	endSlowMask = drainingBit | 1<<31
 )
 
 var (
@@ -48,7 +54,7 @@ type Tracker struct {
 	longLived atomic.Int64
 	late      atomic.Int64 // requests begun while draining
 	misuse    atomic.Int64 // Ends refused as double or unbegun
-	lastStart atomic.Int64 // unix nanos; exact while draining, sampled before
+	lastReq   atomic.Int64 // unix nanos: last late End, or last long-lived start
 	drainedAt atomic.Int64 // unix nanos when the flag was set
 
 	clock clock.Clock // nil means the real clock
@@ -67,44 +73,49 @@ func (t *Tracker) now() time.Time { return clock.OrReal(t.clock).Now() }
 // defer. The zero Request is not begun.
 type Request struct {
 	t        *Tracker
-	long     bool
-	ended    bool
+	state    uint8 // reqLive, reqLong or reqEnded; 0 before Begin
 	draining bool
 }
+
+// Request states. reqLate is reqLive with the draining bit, so Begin can
+// compute it without a branch.
+const (
+	reqLive  uint8 = 2
+	reqLate  uint8 = reqLive | drainingBit
+	reqLong  uint8 = 4
+	reqEnded uint8 = 5
+)
 
 // Begin counts the start of a request. It does not block and does not
 // allocate. Before the flag is set it costs one atomic add.
 func (t *Tracker) Begin() Request {
-	v := t.state.Add(startedUnit + 1)
-	r := Request{t: t}
-	if v&drainingBit != 0 {
-		r.draining = true
-		t.lateStart()
-	} else if (v>>32)%sampleEvery == 0 {
-		t.lastStart.Store(t.now().UnixNano())
-	}
-	return r
+	// No call and no clock: small enough to inline. A late request (begun
+	// after the flag) is accounted for when it ends.
+	v := t.state.Add(startedUnit + inflightUnit)
+	return Request{t: t, state: reqLive | uint8(v&drainingBit), draining: v&drainingBit != 0}
 }
 
 // BeginLongLived counts the start of a long-lived request (a stream, a
 // WebSocket, a hijacked connection). Long-lived requests are counted apart
 // from ordinary ones and have their own deadline in the offline condition.
 func (t *Tracker) BeginLongLived() Request {
-	v := t.state.Add(startedUnit)
+	// Counted before the start is published, so a waiter that sees the
+	// start also sees the request.
 	t.longLived.Add(1)
-	r := Request{t: t, long: true}
+	v := t.state.Add(startedUnit)
+	r := Request{t: t, state: reqLong}
 	if v&drainingBit != 0 {
 		r.draining = true
 		t.lateStart()
 	} else {
-		t.lastStart.Store(t.now().UnixNano())
+		t.lastReq.Store(t.now().UnixNano())
 	}
 	return r
 }
 
 func (t *Tracker) lateStart() {
 	t.late.Add(1)
-	t.lastStart.Store(t.now().UnixNano())
+	t.lastReq.Store(t.now().UnixNano())
 }
 
 // Draining reports whether the shutdown flag was set when r began: the
@@ -115,33 +126,80 @@ func (r *Request) Draining() bool { return r.draining }
 // begun, changes no count and returns an error. When the flag is set and the
 // last request ends, End wakes whoever waits in WaitIdle.
 func (r *Request) End() error {
-	t := r.t
-	if t == nil {
-		return ErrNotBegun
+	// Small enough to inline: one atomic add and one branch when serving;
+	// everything else is in endSlow.
+	st := r.state
+	v := uint64(endSlowMask) // anything but a live request goes to endSlow
+	if st == reqLive {
+		r.state = reqEnded
+		v = r.t.state.Add(^uint64(inflightUnit - 1)) // -inflightUnit
 	}
-	if r.ended {
+	if v&endSlowMask == 0 {
+		return nil
+	}
+	return r.endSlow(st, v)
+}
+
+// endSlow ends a request off the fast path. st is the request's state at
+// End. For a live request the count is already decremented, leaving v, and
+// the flag is set or the count went below zero.
+func (r *Request) endSlow(st uint8, v uint64) error {
+	t := r.t
+	switch st {
+	case reqLive:
+		return t.endedAt(v)
+	case reqLate:
+		r.state = reqEnded
+		t.late.Add(1)
+		// The quiet window counts from here, which is no earlier than the
+		// request's start; record it before the count can reach zero.
+		t.lastReq.Store(t.now().UnixNano())
+		return t.endedAt(t.state.Add(^uint64(inflightUnit - 1)))
+	case reqLong:
+		r.state = reqEnded
+		return t.endLongLived()
+	case reqEnded:
 		t.misuse.Add(1)
 		return ErrEndedTwice
 	}
-	r.ended = true
-	if r.long {
-		if t.longLived.Add(-1) == 0 && t.state.Load()&drainingBit != 0 {
-			t.wake()
-		}
-		return nil
-	}
-	v := t.state.Add(^uint64(0)) // -1
+	return ErrNotBegun
+}
+
+// endedAt finishes the End of an ordinary request that left state v, when
+// the flag is set or the count was already zero.
+func (t *Tracker) endedAt(v uint64) error {
 	switch {
 	case v&inflightMask == inflightMask:
 		// The count was already zero (a copied Request ended twice): undo
-		// the borrow so the count never goes negative.
-		t.state.Add(1)
+		// the borrow so the count never goes negative. A waiter that saw
+		// the borrowed count needs waking again.
+		if t.state.Add(inflightUnit)&(drainingBit|inflightMask) == drainingBit {
+			t.wake()
+		}
 		t.misuse.Add(1)
 		return ErrEndedTwice
 	case v&(drainingBit|inflightMask) == drainingBit:
 		t.wake()
 	}
 	return nil
+}
+
+// endLongLived counts the end of a long-lived request. It refuses to go
+// below zero, which a copied Request ended twice would otherwise do.
+func (t *Tracker) endLongLived() error {
+	for {
+		n := t.longLived.Load()
+		if n <= 0 {
+			t.misuse.Add(1)
+			return ErrEndedTwice
+		}
+		if t.longLived.CompareAndSwap(n, n-1) {
+			if n == 1 && t.IsDraining() {
+				t.wake()
+			}
+			return nil
+		}
+	}
 }
 
 // wake tells waiters that a counter reached zero while draining.
@@ -204,11 +262,11 @@ func (t *Tracker) IsDraining() bool { return t.state.Load()&drainingBit != 0 }
 func (t *Tracker) Draining() <-chan struct{} {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	// Only SetDraining closes the channel: between its setting the flag and
+	// its closing the channel, a channel made here is still open, and
+	// closing it here too would make SetDraining close it twice.
 	if t.drainingCh == nil {
 		t.drainingCh = make(chan struct{})
-		if t.IsDraining() {
-			close(t.drainingCh)
-		}
 	}
 	return t.drainingCh
 }
@@ -239,37 +297,38 @@ func (t *Tracker) AfterDraining(f func()) (stop func() bool) {
 }
 
 // InFlight returns the number of ordinary requests in flight.
-func (t *Tracker) InFlight() int64 { return int64(t.state.Load() & inflightMask) }
+func (t *Tracker) InFlight() int64 { return int64(t.state.Load()&inflightMask) / inflightUnit }
 
 // LongLived returns the number of long-lived requests in flight.
 func (t *Tracker) LongLived() int64 { return t.longLived.Load() }
 
 // Stats is a snapshot of a Tracker.
 type Stats struct {
-	InFlight  int64     `json:"in_flight"`
-	LongLived int64     `json:"long_lived"`
-	Draining  bool      `json:"draining"`
-	Started   uint32    `json:"started_mod_2_32"`
-	Late      int64     `json:"late"`   // requests begun after the flag was set
-	Misuse    int64     `json:"misuse"` // Ends refused as double or unbegun
-	LastStart time.Time `json:"last_start,omitzero"`
-	DrainedAt time.Time `json:"draining_since,omitzero"`
+	InFlight    int64     `json:"in_flight"`
+	LongLived   int64     `json:"long_lived"`
+	Draining    bool      `json:"draining"`
+	Started     uint32    `json:"started_mod_2_32"`
+	Late        int64     `json:"late"`   // requests begun after the flag was set
+	Misuse      int64     `json:"misuse"` // Ends refused as double or unbegun
+	LastRequest time.Time `json:"last_request,omitzero"`
+	DrainedAt   time.Time `json:"draining_since,omitzero"`
 }
 
-// Stats returns a snapshot. LastStart is exact once the flag is set; before
-// that it is sampled on one request in 64, to keep the clock off the hot path.
+// Stats returns a snapshot. LastRequest is when a request last ended after
+// the flag was set, or a long-lived request last began: ordinary requests
+// read no clock while serving, to keep the hot path to one atomic add.
 func (t *Tracker) Stats() Stats {
 	v := t.state.Load()
 	s := Stats{
-		InFlight:  int64(v & inflightMask),
+		InFlight:  int64(v&inflightMask) / inflightUnit,
 		LongLived: t.longLived.Load(),
 		Draining:  v&drainingBit != 0,
 		Started:   uint32(v >> 32),
 		Late:      t.late.Load(),
 		Misuse:    t.misuse.Load(),
 	}
-	if n := t.lastStart.Load(); n != 0 {
-		s.LastStart = time.Unix(0, n)
+	if n := t.lastReq.Load(); n != 0 {
+		s.LastRequest = time.Unix(0, n)
 	}
 	if n := t.drainedAt.Load(); n != 0 {
 		s.DrainedAt = time.Unix(0, n)
@@ -279,9 +338,10 @@ func (t *Tracker) Stats() Stats {
 
 // Condition is the offline condition that WaitIdle waits for.
 type Condition struct {
-	// Quiet is how long no new request may arrive before the instance
-	// counts as idle, measured from the later of the last request start and
-	// the moment the flag was set.
+	// Quiet is how long the instance must stay idle (nothing in flight,
+	// nothing arriving) before it counts as drained, measured from the
+	// later of the moment the flag was set and the end of the last request
+	// that arrived after it.
 	Quiet time.Duration
 	// NotBefore is the earliest time the condition can hold: the minimum
 	// wait for consumers known to poll the registry instead of watching it.
@@ -298,19 +358,16 @@ type Condition struct {
 // parts; nothing polls. It returns ctx.Err() if ctx ends first.
 func (t *Tracker) WaitIdle(ctx context.Context, c Condition) error {
 	clk := clock.OrReal(t.clock)
-	var draining <-chan struct{}
-	for {
-		if !t.IsDraining() {
-			if draining == nil {
-				draining = t.Draining()
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-draining:
-			}
-			continue
+	// Wait for the channel, not the bit: SetDraining closes the channel
+	// after it has recorded the time the quiet window counts from.
+	if draining := t.Draining(); !isDone(draining) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-draining:
 		}
+	}
+	for {
 		idle := t.idleChan()
 		ok, wakeAt := t.holds(c, clk.Now())
 		if ok {
@@ -337,6 +394,15 @@ func (t *Tracker) WaitIdle(ctx context.Context, c Condition) error {
 	}
 }
 
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 // holds evaluates c at now. When it does not hold, wakeAt is the next time
 // it could hold without any request ending (zero if only an End can help).
 func (t *Tracker) holds(c Condition, now time.Time) (ok bool, wakeAt time.Time) {
@@ -347,7 +413,7 @@ func (t *Tracker) holds(c Condition, now time.Time) (ok bool, wakeAt time.Time) 
 		return false, c.LongLivedUntil
 	}
 	due := c.NotBefore
-	last := time.Unix(0, max(t.lastStart.Load(), t.drainedAt.Load()))
+	last := time.Unix(0, max(t.lastReq.Load(), t.drainedAt.Load()))
 	if q := last.Add(c.Quiet); q.After(due) {
 		due = q
 	}

@@ -175,10 +175,12 @@ func New(opts ...Option) (*Registry, error) {
 	if o.check.TTL < 0 || o.waitTime < 0 || o.resync < 0 {
 		return nil, errors.New("consul: TTL, wait time and resync interval must not be negative")
 	}
+	o.setDefaults()
+	// After the defaults, so that a resync is also checked against the
+	// default TTL.
 	if o.check.TTL > 0 && o.resync >= o.check.TTL {
 		return nil, fmt.Errorf("consul: resync interval %v must be shorter than the TTL %v, or the check expires between renewals", o.resync, o.check.TTL)
 	}
-	o.setDefaults()
 
 	cfg := api.DefaultConfig() // reads CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT...
 	if o.address != "" {

@@ -37,9 +37,8 @@ const MetaID = "lameduck.id"
 // client is the part of the SDK the backend uses, so unit tests can use a
 // fake.
 type client interface {
-	RegisterInstance(p vo.RegisterInstanceParam) (bool, error)
+	BatchRegisterInstance(p vo.BatchRegisterInstanceParam) (bool, error)
 	DeregisterInstance(p vo.DeregisterInstanceParam) (bool, error)
-	UpdateInstance(p vo.UpdateInstanceParam) (bool, error)
 	SelectAllInstances(p vo.SelectAllInstancesParam) ([]model.Instance, error)
 	Subscribe(p *vo.SubscribeParam) error
 	Unsubscribe(p *vo.SubscribeParam) error
@@ -122,6 +121,18 @@ type Registry struct {
 	mu     sync.Mutex
 	calls  sync.WaitGroup // SDK calls that may outlive their ctx
 	closed bool
+
+	// Nacos 2.x keeps one set of ephemeral instances per client connection
+	// and service: each register replaces the set, and a deregister drops
+	// all of it. So the backend keeps the set it publishes and sends it
+	// whole on every change. pubMu serialises the publishes.
+	pubMu sync.Mutex
+	pubs  map[string]map[string]*published // service key -> instance key -> instance
+}
+
+type published struct {
+	inst    registry.Instance
+	enabled bool
 }
 
 var (
@@ -145,7 +156,7 @@ func New(opts ...Option) (*Registry, error) {
 	if o.namespace != "" {
 		name += "?namespace=" + o.namespace
 	}
-	r := &Registry{o: o, name: name, c: o.client}
+	r := &Registry{o: o, name: name, c: o.client, pubs: map[string]map[string]*published{}}
 	if r.c != nil {
 		return r, nil
 	}
@@ -277,7 +288,12 @@ func (r *Registry) checkNamespace(i registry.Instance) error {
 	return nil
 }
 
-// Register registers i as an ephemeral instance.
+func (r *Registry) serviceKey(i registry.Instance) string { return r.group(i) + "@@" + i.Service }
+
+func (r *Registry) instanceKey(i registry.Instance) string { return r.cluster(i) + "/" + i.Endpoint() }
+
+// Register registers i as an ephemeral instance, alongside the other
+// instances of its service that this backend registered.
 func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 	if err := i.Validate(); err != nil {
 		return err
@@ -285,42 +301,87 @@ func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 	if err := r.checkNamespace(i); err != nil {
 		return err
 	}
-	p := vo.RegisterInstanceParam{
-		Ip: i.Address, Port: uint64(i.Port), Weight: weight(i), Enable: true, Healthy: true,
-		Metadata: metadata(i), ClusterName: r.cluster(i), ServiceName: i.Service, GroupName: r.group(i), Ephemeral: true,
-	}
-	return r.call(ctx, "register", func() (bool, error) { return r.c.RegisterInstance(p) })
+	return r.change(ctx, "register", i, func(set map[string]*published) error {
+		set[r.instanceKey(i)] = &published{inst: i, enabled: true}
+		return nil
+	})
 }
 
-// Deregister removes i. Nacos treats removing an unknown instance as
-// success. An ephemeral instance belongs to the client connection that
-// registered it; to hide an instance registered by another process, use
-// Disable.
+// Deregister removes i. Removing an instance this backend does not hold is
+// success: an ephemeral instance belongs to the client connection that
+// registered it and goes away with it. To hide an instance that another
+// process registered, disable it instead.
 func (r *Registry) Deregister(ctx context.Context, i registry.Instance) error {
-	p := vo.DeregisterInstanceParam{
-		Ip: i.Address, Port: uint64(i.Port), Cluster: r.cluster(i), ServiceName: i.Service, GroupName: r.group(i), Ephemeral: true,
-	}
-	return r.call(ctx, "deregister", func() (bool, error) { return r.c.DeregisterInstance(p) })
+	return r.change(ctx, "deregister", i, func(set map[string]*published) error {
+		delete(set, r.instanceKey(i))
+		return nil
+	})
 }
 
 // Disable sets enabled=false: still registered, no longer routed to.
 func (r *Registry) Disable(ctx context.Context, i registry.Instance) error {
-	return r.setEnabled(ctx, i, false)
+	return r.setEnabled(ctx, "disable", i, false)
 }
 
 // Enable sets enabled=true.
 func (r *Registry) Enable(ctx context.Context, i registry.Instance) error {
-	return r.setEnabled(ctx, i, true)
+	return r.setEnabled(ctx, "enable", i, true)
 }
 
-func (r *Registry) setEnabled(ctx context.Context, i registry.Instance, on bool) error {
-	op := "disable"
-	if on {
-		op = "enable"
+func (r *Registry) setEnabled(ctx context.Context, op string, i registry.Instance, on bool) error {
+	return r.change(ctx, op, i, func(set map[string]*published) error {
+		p := set[r.instanceKey(i)]
+		if p == nil {
+			return fmt.Errorf("instance %s was not registered through this client; Nacos lets only the registering client change an ephemeral instance", i.Endpoint())
+		}
+		p.enabled = on
+		return nil
+	})
+}
+
+// change edits a copy of the service's published set with edit, publishes
+// the result, and keeps it only if the server took it.
+func (r *Registry) change(ctx context.Context, op string, i registry.Instance, edit func(map[string]*published) error) error {
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
+	key := r.serviceKey(i)
+	old := r.pubs[key]
+	next := make(map[string]*published, len(old)+1)
+	for k, p := range old {
+		cp := *p
+		next[k] = &cp
 	}
-	p := vo.UpdateInstanceParam{
-		Ip: i.Address, Port: uint64(i.Port), Weight: weight(i), Enable: on, Healthy: true,
-		Metadata: metadata(i), ClusterName: r.cluster(i), ServiceName: i.Service, GroupName: r.group(i), Ephemeral: true,
+	if err := edit(next); err != nil {
+		return r.wrap(op, err)
 	}
-	return r.call(ctx, op, func() (bool, error) { return r.c.UpdateInstance(p) })
+	if len(old) == 0 && len(next) == 0 {
+		return nil // nothing of ours to remove
+	}
+	if err := r.publish(ctx, op, i, next); err != nil {
+		return err
+	}
+	if len(next) == 0 {
+		delete(r.pubs, key)
+	} else {
+		r.pubs[key] = next
+	}
+	return nil
+}
+
+func (r *Registry) publish(ctx context.Context, op string, i registry.Instance, set map[string]*published) error {
+	if len(set) == 0 {
+		p := vo.DeregisterInstanceParam{
+			Ip: i.Address, Port: uint64(i.Port), Cluster: r.cluster(i), ServiceName: i.Service, GroupName: r.group(i), Ephemeral: true,
+		}
+		return r.call(ctx, op, func() (bool, error) { return r.c.DeregisterInstance(p) })
+	}
+	batch := vo.BatchRegisterInstanceParam{ServiceName: i.Service, GroupName: r.group(i)}
+	for _, p := range set {
+		in := p.inst
+		batch.Instances = append(batch.Instances, vo.RegisterInstanceParam{
+			Ip: in.Address, Port: uint64(in.Port), Weight: weight(in), Enable: p.enabled, Healthy: true,
+			Metadata: metadata(in), ClusterName: r.cluster(in), ServiceName: in.Service, GroupName: r.group(in), Ephemeral: true,
+		})
+	}
+	return r.call(ctx, op, func() (bool, error) { return r.c.BatchRegisterInstance(batch) })
 }

@@ -46,7 +46,10 @@ func (r *Registry) Watch(ctx context.Context, service string) (registry.Watcher,
 		return nil, err
 	}
 	w.set(toInstances(service, hosts), false)
-	w.unbind = context.AfterFunc(ctx, func() { _ = w.Stop() })
+	unbind := context.AfterFunc(ctx, func() { _ = w.Stop() })
+	w.mu.Lock()
+	w.unbind = unbind
+	w.mu.Unlock()
 	return w, nil
 }
 
@@ -113,8 +116,11 @@ func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) {
 
 func (w *watcher) Stop() error {
 	w.once.Do(func() {
-		if w.unbind != nil {
-			w.unbind()
+		w.mu.Lock()
+		unbind := w.unbind
+		w.mu.Unlock()
+		if unbind != nil {
+			unbind()
 		}
 		close(w.stopped)
 		ctx, cancel := context.WithTimeout(context.Background(), w.r.o.timeout)

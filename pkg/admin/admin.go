@@ -109,8 +109,10 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) ready(w http.ResponseWriter, r *http.Request) {
-	if p := h.c.Status().Phase; p != drain.Serving {
-		http.Error(w, "not ready: "+p.String(), http.StatusServiceUnavailable)
+	// Start sets Started before the protocol's goroutine enters its first
+	// phase, so once POST /offline is answered the probe fails too.
+	if s := h.c.Status(); s.Phase != drain.Serving || !s.Started.IsZero() {
+		http.Error(w, "not ready: going offline, phase "+s.Phase.String(), http.StatusServiceUnavailable)
 		return
 	}
 	_, _ = w.Write([]byte("ready\n"))

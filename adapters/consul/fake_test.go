@@ -1,0 +1,230 @@
+package consul
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/lameduck/lameduck/internal/backoff"
+)
+
+// wait bounds every wait in these tests.
+const wait = 5 * time.Second
+
+// fastBackoff keeps retry tests quick; the policy's shape is backoff's own
+// business.
+var fastBackoff = backoff.Policy{Initial: time.Millisecond, Max: 2 * time.Millisecond}
+
+func withBackoff(p backoff.Policy) Option { return func(o *options) { o.backoff = p } }
+
+var errNotFound = api.StatusError{Code: http.StatusNotFound, Body: "unknown service"}
+
+// healthReply is one scripted answer to a blocking query.
+type healthReply struct {
+	entries []*api.ServiceEntry
+	index   uint64
+	err     error
+}
+
+// fakeConsul is a client that records every call as a line in log and
+// answers from the fields the test sets. Every call wakes waitLog.
+type fakeConsul struct {
+	signal chan struct{} // capacity 1; written after every recorded call
+
+	mu       sync.Mutex
+	log      []string
+	regs     []*api.AgentServiceRegistration
+	regOpts  []api.ServiceRegisterOpts
+	waitIdx  []uint64 // WaitIndex of each health query
+	register error    // returned by ServiceRegisterOpts
+	dereg    error    // returned by ServiceDeregisterOpts
+	maint    error    // returned by the maintenance calls
+	lose     bool     // the next UpdateTTL or AgentService answers 404 (the agent forgot)
+	ttlErr   error    // returned by UpdateTTL when lose is false
+	blockTTL bool     // UpdateTTL blocks until its ctx ends
+	replies  []healthReply
+}
+
+func newFake() *fakeConsul { return &fakeConsul{signal: make(chan struct{}, 1)} }
+
+// record appends a line to the log; the caller holds f.mu.
+func (f *fakeConsul) record(format string, args ...any) {
+	f.log = append(f.log, fmt.Sprintf(format, args...))
+}
+
+func (f *fakeConsul) wake() {
+	select {
+	case f.signal <- struct{}{}:
+	default:
+	}
+}
+
+func (f *fakeConsul) ServiceRegisterOpts(s *api.AgentServiceRegistration, o api.ServiceRegisterOpts) error {
+	defer f.wake()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("register %s", s.ID)
+	f.regs = append(f.regs, s)
+	f.regOpts = append(f.regOpts, o)
+	return f.register
+}
+
+func (f *fakeConsul) ServiceDeregisterOpts(id string, _ *api.QueryOptions) error {
+	defer f.wake()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("deregister %s", id)
+	return f.dereg
+}
+
+func (f *fakeConsul) EnableServiceMaintenanceOpts(id, _ string, _ *api.QueryOptions) error {
+	defer f.wake()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("maintenance on %s", id)
+	return f.maint
+}
+
+func (f *fakeConsul) DisableServiceMaintenanceOpts(id string, _ *api.QueryOptions) error {
+	defer f.wake()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("maintenance off %s", id)
+	return f.maint
+}
+
+func (f *fakeConsul) UpdateTTLOpts(checkID, note, status string, q *api.QueryOptions) error {
+	f.mu.Lock()
+	f.record("ttl %s %s %q", checkID, status, note)
+	lose, block, err := f.lose, f.blockTTL, f.ttlErr
+	f.lose = false
+	f.mu.Unlock()
+	f.wake()
+	if block {
+		<-q.Context().Done()
+		return q.Context().Err()
+	}
+	if lose {
+		return errNotFound
+	}
+	return err
+}
+
+func (f *fakeConsul) AgentService(id string, _ *api.QueryOptions) (*api.AgentService, *api.QueryMeta, error) {
+	defer f.wake()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("service %s", id)
+	if f.lose {
+		f.lose = false
+		return nil, nil, errNotFound
+	}
+	return &api.AgentService{ID: id}, &api.QueryMeta{}, nil
+}
+
+// HealthService answers from replies in order; once they run out it blocks
+// like a blocking query with nothing new, until its ctx ends.
+func (f *fakeConsul) HealthService(service, _ string, passing bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	f.mu.Lock()
+	f.record("health %s passing=%v index=%d", service, passing, q.WaitIndex)
+	f.waitIdx = append(f.waitIdx, q.WaitIndex)
+	var r *healthReply
+	if len(f.replies) > 0 {
+		r = &f.replies[0]
+		f.replies = f.replies[1:]
+	}
+	f.mu.Unlock()
+	f.wake()
+	if r == nil {
+		<-q.Context().Done()
+		return nil, nil, q.Context().Err()
+	}
+	if r.err != nil {
+		return nil, nil, r.err
+	}
+	return r.entries, &api.QueryMeta{LastIndex: r.index}, nil
+}
+
+// set changes the fake's behaviour under its lock.
+func (f *fakeConsul) set(change func(f *fakeConsul)) {
+	f.mu.Lock()
+	change(f)
+	f.mu.Unlock()
+}
+
+// calls returns a copy of the log.
+func (f *fakeConsul) calls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.log...)
+}
+
+// count returns how many log lines start with prefix.
+func (f *fakeConsul) count(prefix string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return countLocked(f.log, prefix)
+}
+
+func countLocked(log []string, prefix string) int {
+	n := 0
+	for _, l := range log {
+		if strings.HasPrefix(l, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitLog blocks until cond holds for the log, failing the test after wait.
+// It wakes on every call the fake records, so it never polls on a timer.
+func (f *fakeConsul) waitLog(t *testing.T, what string, cond func(log []string) bool) []string {
+	t.Helper()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		log := f.calls()
+		if cond(log) {
+			return log
+		}
+		select {
+		case <-f.signal:
+		case <-timer.C:
+			t.Fatalf("want %s within %v, got calls:\n%s", what, wait, strings.Join(log, "\n"))
+		}
+	}
+}
+
+// newTest returns a Registry on a fake client, closed when the test ends.
+func newTest(t *testing.T, f *fakeConsul, opts ...Option) *Registry {
+	t.Helper()
+	opts = append([]Option{WithAddress("127.0.0.1:8500"), withClient(f), withBackoff(fastBackoff)}, opts...)
+	r, err := New(opts...)
+	if err != nil {
+		t.Fatalf("New: want a registry, got error %v", err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+// within runs f and fails the test if it does not return within wait.
+func within[T any](t *testing.T, what string, f func() T) T {
+	t.Helper()
+	done := make(chan T, 1)
+	go func() { done <- f() }()
+	select {
+	case v := <-done:
+		return v
+	case <-time.After(wait):
+		t.Fatalf("want %s to return within %v, got no return", what, wait)
+		panic("unreachable")
+	}
+}
+
+// ensure the fake satisfies the interface the backend needs.
+var _ client = (*fakeConsul)(nil)
