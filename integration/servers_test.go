@@ -18,7 +18,7 @@ import (
 func consulAddr() string { return envOr("CONSUL_HTTP_ADDR", "127.0.0.1:8500") }
 func nacosAddr() string  { return envOr("NACOS_ADDR", "127.0.0.1:8848") }
 func nacosUser() string  { return envOr("NACOS_USERNAME", "nacos") }
-func nacosPass() string  { return envOr("NACOS_PASSWORD", "lameduck-test-pw") }
+func nacosPass() string  { return envOr("NACOS_PASSWORD", "lameduck-nacos-pw") }
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -39,7 +39,7 @@ func needServer(t *testing.T, name, url string) {
 	resp, err := http.DefaultClient.Do(req)
 	if err == nil {
 		resp.Body.Close()
-		if resp.StatusCode < 500 {
+		if resp.StatusCode/100 == 2 {
 			return
 		}
 		err = fmt.Errorf("status %s", resp.Status)
@@ -56,7 +56,7 @@ func needConsul(t *testing.T) {
 }
 
 func needNacos(t *testing.T) {
-	needServer(t, "nacos", "http://"+nacosAddr()+"/nacos/v1/console/health/liveness")
+	needServer(t, "nacos", "http://"+nacosAddr()+"/nacos/v3/admin/core/state/readiness")
 }
 
 // freePort returns a loopback port nothing listens on right now.

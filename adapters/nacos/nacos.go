@@ -126,8 +126,9 @@ type Registry struct {
 	// and service: each register replaces the set, and a deregister drops
 	// all of it. So the backend keeps the set it publishes and sends it
 	// whole on every change. pubMu serialises the publishes.
-	pubMu sync.Mutex
-	pubs  map[string]map[string]*published // service key -> instance key -> instance
+	pubMu   sync.Mutex
+	pubs    map[string]map[string]*published // service key -> instance key -> instance
+	pubDone chan struct{}                    // closed when the last publish's SDK call returned
 }
 
 type published struct {
@@ -224,11 +225,14 @@ func (r *Registry) wrap(op string, err error) error {
 
 // call runs an SDK call, which takes no context, so that the caller's ctx
 // still bounds the wait; the call itself ends within the SDK timeout.
+//
+// f always runs (unless the backend is closed), even when ctx has already
+// ended; callers that must not act on an ended ctx check it first.
 func (r *Registry) call(ctx context.Context, op string, f func() (bool, error)) error {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return r.wrap(op, errors.New("backend is closed"))
+		return r.wrap(op, errors.New("backend is closed; open a new one"))
 	}
 	r.calls.Add(1)
 	r.mu.Unlock()
@@ -344,6 +348,18 @@ func (r *Registry) setEnabled(ctx context.Context, op string, i registry.Instanc
 func (r *Registry) change(ctx context.Context, op string, i registry.Instance, edit func(map[string]*published) error) error {
 	r.pubMu.Lock()
 	defer r.pubMu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return r.wrap(op, err)
+	}
+	// A publish whose caller gave up may still be in the SDK; wait for it
+	// so the server sees publishes in order.
+	if r.pubDone != nil {
+		select {
+		case <-r.pubDone:
+		case <-ctx.Done():
+			return r.wrap(op, ctx.Err())
+		}
+	}
 	key := r.serviceKey(i)
 	old := r.pubs[key]
 	next := make(map[string]*published, len(old)+1)
@@ -369,11 +385,13 @@ func (r *Registry) change(ctx context.Context, op string, i registry.Instance, e
 }
 
 func (r *Registry) publish(ctx context.Context, op string, i registry.Instance, set map[string]*published) error {
+	done := make(chan struct{})
+	r.pubDone = done
 	if len(set) == 0 {
 		p := vo.DeregisterInstanceParam{
 			Ip: i.Address, Port: uint64(i.Port), Cluster: r.cluster(i), ServiceName: i.Service, GroupName: r.group(i), Ephemeral: true,
 		}
-		return r.call(ctx, op, func() (bool, error) { return r.c.DeregisterInstance(p) })
+		return r.call(ctx, op, func() (bool, error) { defer close(done); return r.c.DeregisterInstance(p) })
 	}
 	batch := vo.BatchRegisterInstanceParam{ServiceName: i.Service, GroupName: r.group(i)}
 	for _, p := range set {
@@ -383,5 +401,5 @@ func (r *Registry) publish(ctx context.Context, op string, i registry.Instance, 
 			Metadata: metadata(in), ClusterName: r.cluster(in), ServiceName: in.Service, GroupName: r.group(in), Ephemeral: true,
 		})
 	}
-	return r.call(ctx, op, func() (bool, error) { return r.c.BatchRegisterInstance(batch) })
+	return r.call(ctx, op, func() (bool, error) { defer close(done); return r.c.BatchRegisterInstance(batch) })
 }

@@ -19,6 +19,9 @@ func (r *Registry) Watch(ctx context.Context, service string) (registry.Watcher,
 	if service == "" {
 		return nil, r.wrap("watch", errors.New("empty service name"))
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, r.wrap("watch", err)
+	}
 	w := &watcher{r: r, service: service, changed: make(chan struct{}, 1), stopped: make(chan struct{})}
 	w.param = &vo.SubscribeParam{
 		ServiceName: service,
