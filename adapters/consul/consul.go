@@ -145,6 +145,8 @@ type Registry struct {
 	name string
 	c    client
 
+	closeIdle func() // drops the transport's idle connections
+
 	mu      sync.Mutex
 	keepers map[string]*keeper
 	closed  bool
@@ -204,17 +206,20 @@ func New(opts ...Option) (*Registry, error) {
 		name += "?dc=" + cfg.Datacenter
 	}
 	c := o.client
+	closeIdle := func() {}
 	if c == nil {
-		// Blocking queries outlive http.DefaultClient's lack of timeout
-		// only through ctx, which every call here carries.
-		cfg.HttpClient = nil
+		// A transport of our own, so Close can drop its idle connections.
+		// Every call carries a ctx, which bounds blocking queries.
+		tr := api.DefaultConfig().Transport
+		cfg.Transport = tr
 		ac, err := api.NewClient(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("consul: configure client for %s: %w", name, err)
 		}
 		c = sdk{Agent: ac.Agent(), health: ac.Health()}
+		closeIdle = tr.CloseIdleConnections
 	}
-	return &Registry{o: o, name: name, c: c, keepers: map[string]*keeper{}}, nil
+	return &Registry{o: o, name: name, c: c, keepers: map[string]*keeper{}, closeIdle: closeIdle}, nil
 }
 
 func (r *Registry) String() string { return r.name }
@@ -386,5 +391,6 @@ func (r *Registry) Close() error {
 		k.stop()
 	}
 	r.wg.Wait()
+	r.closeIdle()
 	return nil
 }

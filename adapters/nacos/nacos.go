@@ -6,9 +6,10 @@
 // instance is seen, and report what consumers route to: enabled, healthy
 // instances with a weight above zero. Disable sets enabled=false.
 //
-// The SDK writes a cache and logs; they go to the directory given with
-// WithDataDir, or to a private temporary directory removed by Close, never
-// under $HOME.
+// The SDK writes a cache; it goes to the directory given with WithDataDir,
+// or to a private temporary directory removed by Close, never under $HOME.
+// The SDK's warnings and errors go to log/slog's default logger, with the
+// password redacted.
 package nacos
 
 import (
@@ -16,13 +17,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/nacos-group/nacos-sdk-go/v2/clients"
 	"github.com/nacos-group/nacos-sdk-go/v2/common/constant"
 	"github.com/nacos-group/nacos-sdk-go/v2/model"
 	"github.com/nacos-group/nacos-sdk-go/v2/vo"
@@ -57,7 +58,6 @@ type options struct {
 	password  string
 	dataDir   string
 	timeout   time.Duration
-	logLevel  string
 	client    client
 }
 
@@ -73,9 +73,6 @@ func (o *options) setDefaults() {
 	}
 	if o.timeout <= 0 {
 		o.timeout = 5 * time.Second
-	}
-	if o.logLevel == "" {
-		o.logLevel = "warn"
 	}
 }
 
@@ -105,18 +102,16 @@ func WithDataDir(dir string) Option { return func(o *options) { o.dataDir = dir 
 // WithTimeout bounds each SDK call; default 5s.
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
-// WithLogLevel sets the SDK's log level (debug, info, warn, error); default warn.
-func WithLogLevel(l string) Option { return func(o *options) { o.logLevel = l } }
-
 func withClient(c client) Option { return func(o *options) { o.client = c } }
 
 // Registry is the Nacos backend. It is safe for concurrent use. Close it to
 // stop the SDK's goroutines.
 type Registry struct {
-	o       options
-	name    string
-	c       client
-	tempDir string // removed by Close
+	o        options
+	name     string
+	c        client
+	tempDir  string // removed by Close
+	udpPorts []int  // the SDK's push receiver, see sdk.go
 
 	mu     sync.Mutex
 	calls  sync.WaitGroup // SDK calls that may outlive their ctx
@@ -176,19 +171,19 @@ func New(opts ...Option) (*Registry, error) {
 		constant.WithUpdateCacheWhenEmpty(true),
 		constant.WithCacheDir(filepath.Join(dir, "cache")),
 		constant.WithLogDir(filepath.Join(dir, "log")),
-		constant.WithLogLevel(o.logLevel),
+		constant.WithLogLevel("error"), // the SDK's own file logger, replaced at once; see sdk.go
 		constant.WithUsername(o.username),
 		constant.WithPassword(o.password),
 	)
-	c, err := clients.NewNamingClient(vo.NacosClientParam{
+	c, ports, err := newSDKClient(vo.NacosClientParam{
 		ClientConfig:  cc,
 		ServerConfigs: []constant.ServerConfig{*constant.NewServerConfig(host, port)},
-	})
+	}, o.password)
 	if err != nil {
 		r.removeTemp()
 		return nil, fmt.Errorf("nacos: connect to %s: %w", name, err)
 	}
-	r.c = c
+	r.c, r.udpPorts = c, ports
 	return r, nil
 }
 
@@ -212,6 +207,10 @@ func (r *Registry) Close() error {
 	r.mu.Unlock()
 	r.calls.Wait()
 	r.c.CloseClient()
+	wakePushReceivers(r.udpPorts)
+	if t, ok := http.DefaultTransport.(*http.Transport); ok && r.udpPorts != nil {
+		t.CloseIdleConnections() // the SDK's login connections
+	}
 	r.removeTemp()
 	return nil
 }
