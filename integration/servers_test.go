@@ -69,3 +69,5 @@ func freePort(t *testing.T) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
