@@ -16,11 +16,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -156,6 +159,11 @@ func New(opts ...Option) (*Registry, error) {
 	if r.c != nil {
 		return r, nil
 	}
+	if o.username != "" {
+		if err := checkLogin(o); err != nil {
+			return nil, err
+		}
+	}
 	dir := o.dataDir
 	if dir == "" {
 		dir, err = os.MkdirTemp("", "lameduck-nacos-")
@@ -240,7 +248,7 @@ func (r *Registry) call(ctx context.Context, op string, f func() (bool, error)) 
 		defer r.calls.Done()
 		ok, err := f()
 		if err == nil && !ok {
-			err = errors.New("server answered false")
+			err = errors.New("the server refused it; check that the user may write to this namespace and group")
 		}
 		done <- err
 	}()
@@ -401,4 +409,29 @@ func (r *Registry) publish(ctx context.Context, op string, i registry.Instance, 
 		})
 	}
 	return r.call(ctx, op, func() (bool, error) { defer close(done); return r.c.BatchRegisterInstance(batch) })
+}
+
+// checkLogin logs in once over HTTP so that wrong credentials fail New with
+// a clear error: the SDK only logs a failed login, and then every call
+// answers false. A server that cannot be reached is not an error here; the
+// SDK keeps trying, and calls fail within their own deadlines.
+func checkLogin(o options) error {
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+	defer cancel()
+	form := url.Values{"username": {o.username}, "password": {o.password}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+o.addr+"/nacos/v1/auth/login", strings.NewReader(form.Encode()))
+	if err != nil {
+		return fmt.Errorf("nacos: login request for %s: %w", o.addr, err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("nacos: login to %s as %q refused (HTTP %d); check NACOS_USERNAME and NACOS_PASSWORD", o.addr, o.username, resp.StatusCode)
+	}
+	return nil
 }

@@ -126,6 +126,9 @@ func (l *sdkLogger) addSecrets(s ...string) {
 }
 
 func (l *sdkLogger) emit(level slog.Level, msg string) {
+	if strings.Contains(msg, "the client connection is closing") {
+		return // the SDK's own gRPC connection, reporting its Close as an error
+	}
 	l.mu.RLock()
 	for _, s := range l.secrets {
 		msg = strings.ReplaceAll(msg, s, "REDACTED")
