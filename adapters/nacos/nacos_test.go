@@ -329,7 +329,7 @@ func TestCallErrors(t *testing.T) {
 		want   string // in the message
 	}{
 		{name: "sdk error", ok: false, err: boom, wantIs: boom, want: "server busy"},
-		{name: "the server refused it", ok: false, want: "server answered false"},
+		{name: "server answered false", ok: false, want: "the server refused it"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
