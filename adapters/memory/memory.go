@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/lameduck/lameduck/internal/clock"
+	"github.com/lameduck/lameduck/internal/snapshot"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -228,13 +229,10 @@ func (r *Registry) Watch(ctx context.Context, service string) (registry.Watcher,
 	if err := r.check(ctx); err != nil {
 		return nil, err
 	}
-	w := &watcher{
-		reg:     r,
-		service: service,
-		changed: make(chan struct{}, 1),
-		stopped: make(chan struct{}),
-	}
-	w.latest, w.fresh = r.visibleLocked(service), true
+	w := &watcher{reg: r, service: service, slot: snapshot.New(func(a, b []registry.Instance) bool {
+		return slices.EqualFunc(a, b, sameFields)
+	})}
+	w.slot.Put(r.visibleLocked(service))
 	w.last = r.visibleLocked(service)
 	if r.watchers[service] == nil {
 		r.watchers[service] = map[*watcher]struct{}{}
@@ -267,18 +265,14 @@ func (r *Registry) Close() error {
 type watcher struct {
 	reg     *Registry
 	service string
-	changed chan struct{}
-	stopped chan struct{}
-	once    sync.Once
+	slot    *snapshot.Slot
 	unbind  func() bool // detaches the Watch ctx
 
 	mu      sync.Mutex
 	last    []registry.Instance // newest list scheduled; shared, never handed out
-	latest  []registry.Instance
-	fresh   bool          // latest not yet returned by Next
-	pending []clock.Timer // scheduled deliveries
-	seq     uint64        // deliveries scheduled
-	applied uint64        // highest delivery applied
+	pending []clock.Timer       // scheduled deliveries
+	seq     uint64              // deliveries scheduled
+	applied uint64              // highest delivery applied
 }
 
 // schedule delivers a copy of shared after the push delay, unless shared
@@ -297,23 +291,15 @@ func (w *watcher) schedule(shared []registry.Instance) {
 	seq := w.seq
 	deliver := func() {
 		w.mu.Lock()
+		defer w.mu.Unlock()
 		if seq > w.applied {
 			w.applied = seq
-			w.latest, w.fresh = snap, true
-		}
-		w.mu.Unlock()
-		select {
-		case w.changed <- struct{}{}:
-		default:
+			w.slot.Put(snap)
 		}
 	}
 	if w.reg.opts.pushDelay == 0 {
 		w.applied = seq
-		w.latest, w.fresh = snap, true
-		select {
-		case w.changed <- struct{}{}:
-		default:
-		}
+		w.slot.Put(snap)
 		return
 	}
 	t := w.reg.opts.clock.AfterFunc(w.reg.opts.pushDelay, deliver)
@@ -323,50 +309,25 @@ func (w *watcher) schedule(shared []registry.Instance) {
 	}
 }
 
-func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) {
-	for {
-		select {
-		case <-w.stopped:
-			return nil, context.Canceled
-		default:
-		}
-		w.mu.Lock()
-		if w.fresh {
-			w.fresh = false
-			out := w.latest
-			w.mu.Unlock()
-			return out, nil
-		}
-		w.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-w.stopped:
-			return nil, context.Canceled
-		case <-w.changed:
-		}
-	}
-}
+func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) { return w.slot.Next(ctx) }
 
 func (w *watcher) Stop() error {
-	w.once.Do(func() {
-		w.mu.Lock()
-		unbind := w.unbind
-		w.mu.Unlock()
-		if unbind != nil {
-			unbind()
-		}
-		w.reg.mu.Lock()
-		delete(w.reg.watchers[w.service], w)
-		w.reg.mu.Unlock()
-		w.mu.Lock()
-		for _, t := range w.pending {
-			t.Stop()
-		}
-		w.pending = nil
-		w.mu.Unlock()
-		close(w.stopped)
-	})
+	if !w.slot.Stop() {
+		return nil
+	}
+	w.mu.Lock()
+	unbind := w.unbind
+	for _, t := range w.pending {
+		t.Stop()
+	}
+	w.pending = nil
+	w.mu.Unlock()
+	if unbind != nil {
+		unbind()
+	}
+	w.reg.mu.Lock()
+	delete(w.reg.watchers[w.service], w)
+	w.reg.mu.Unlock()
 	return nil
 }
 

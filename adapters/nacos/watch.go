@@ -10,6 +10,7 @@ import (
 	"github.com/nacos-group/nacos-sdk-go/v2/model"
 	"github.com/nacos-group/nacos-sdk-go/v2/vo"
 
+	"github.com/lameduck/lameduck/internal/snapshot"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -22,7 +23,7 @@ func (r *Registry) Watch(ctx context.Context, service string) (registry.Watcher,
 	if err := ctx.Err(); err != nil {
 		return nil, r.wrap("watch", err)
 	}
-	w := &watcher{r: r, service: service, changed: make(chan struct{}, 1), stopped: make(chan struct{})}
+	w := &watcher{r: r, service: service, slot: snapshot.New(sameSet)}
 	w.param = &vo.SubscribeParam{
 		ServiceName: service,
 		GroupName:   r.o.group,
@@ -60,76 +61,39 @@ type watcher struct {
 	r       *Registry
 	service string
 	param   *vo.SubscribeParam // the SDK matches the callback by this pointer
-	changed chan struct{}
-	stopped chan struct{}
-	once    sync.Once
-	unbind  func() bool
+	slot    *snapshot.Slot
 
 	mu     sync.Mutex
-	latest []registry.Instance
-	have   bool // a list has arrived
-	pushed bool // a push has arrived (newer than the initial fetch)
-	fresh  bool // latest not yet returned
-	last   []registry.Instance
-	sent   bool
+	unbind func() bool
+	pushed bool // a push has arrived, newer than the initial fetch
 }
 
+// set offers a list to the reader; the initial fetch never overwrites a push.
 func (w *watcher) set(list []registry.Instance, push bool) {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	if !push && w.pushed {
-		w.mu.Unlock()
 		return
 	}
 	w.pushed = w.pushed || push
-	w.latest, w.have, w.fresh = list, true, true
-	w.mu.Unlock()
-	select {
-	case w.changed <- struct{}{}:
-	default:
-	}
+	w.slot.Put(list)
 }
 
-func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) {
-	for {
-		select {
-		case <-w.stopped:
-			return nil, context.Canceled
-		default:
-		}
-		w.mu.Lock()
-		if w.fresh {
-			w.fresh = false
-			list := w.latest
-			if !w.sent || !sameSet(list, w.last) {
-				w.sent, w.last = true, list
-				w.mu.Unlock()
-				return list, nil
-			}
-		}
-		w.mu.Unlock()
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-w.stopped:
-			return nil, context.Canceled
-		case <-w.changed:
-		}
-	}
-}
+func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) { return w.slot.Next(ctx) }
 
 func (w *watcher) Stop() error {
-	w.once.Do(func() {
-		w.mu.Lock()
-		unbind := w.unbind
-		w.mu.Unlock()
-		if unbind != nil {
-			unbind()
-		}
-		close(w.stopped)
-		ctx, cancel := context.WithTimeout(context.Background(), w.r.o.timeout)
-		defer cancel()
-		_ = w.r.call(ctx, "unwatch", func() (bool, error) { return true, w.r.c.Unsubscribe(w.param) })
-	})
+	if !w.slot.Stop() {
+		return nil
+	}
+	w.mu.Lock()
+	unbind := w.unbind
+	w.mu.Unlock()
+	if unbind != nil {
+		unbind()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.r.o.timeout)
+	defer cancel()
+	_ = w.r.call(ctx, "unwatch", func() (bool, error) { return true, w.r.c.Unsubscribe(w.param) })
 	return nil
 }
 
