@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/lameduck/lameduck"
 	"github.com/lameduck/lameduck/adapters"
 )
 
@@ -20,22 +22,27 @@ const (
 	EnvConsulToken   = "CONSUL_HTTP_TOKEN" // Consul's own name, as its CLI uses it
 	EnvNacosUsername = "NACOS_USERNAME"
 	EnvNacosPassword = "NACOS_PASSWORD"
+	EnvAdminToken    = "LAMEDUCK_ADMIN_TOKEN"
 )
 
-// Exit codes, documented in README.
+// DefaultRegistry is the demo's embedded registry.
+const DefaultRegistry = "memory://?push-delay=200ms"
+
+// Exit codes, documented in README; one home for them in package lameduck.
 const (
-	ExitOK          = 0 // drained (or the command succeeded)
-	ExitFailed      = 1 // the command ran but what it checks failed
-	ExitBadInput    = 2 // bad flags, arguments or URLs
-	ExitRegistry    = 3 // a registry could not be reached in time
-	ExitForced      = 4 // the deadline forced the stop
-	DefaultRegistry = "memory://?push-delay=200ms"
+	ExitOK       = lameduck.ExitOK
+	ExitFailed   = lameduck.ExitFailed
+	ExitBadInput = lameduck.ExitBadInput
+	ExitRegistry = lameduck.ExitRegistry
+	ExitForced   = lameduck.ExitForced
 )
 
-// exitError carries an exit code with a one-line message.
+// exitError carries an exit code with a one-line message. A quiet one was
+// already reported (in --output json) and is not printed again.
 type exitError struct {
-	code int
-	err  error
+	code  int
+	err   error
+	quiet bool
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
@@ -48,13 +55,10 @@ func badInput(format string, args ...any) error {
 // ExitCode maps an error from App.Run to the documented exit code.
 func ExitCode(err error) int {
 	var e *exitError
-	switch {
-	case err == nil:
-		return ExitOK
-	case errors.As(err, &e):
+	if errors.As(err, &e) {
 		return e.code
 	}
-	return ExitFailed
+	return lameduck.ExitCode(err)
 }
 
 // App returns the lameduck command-line application.
@@ -70,6 +74,9 @@ func App(stdout, stderr io.Writer) *ucli.App {
 		HideHelpCommand: true,
 		Commands: withUsageErrors(
 			demoCommand(),
+			offlineCommand(),
+			prestopCommand(),
+			statusCommand(),
 		),
 		OnUsageError: usageError,
 		// Reached only when no command matched.
@@ -100,21 +107,25 @@ func withUsageErrors(cmds ...*ucli.Command) []*ucli.Command {
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	app := App(stdout, stderr)
 	err := app.RunContext(ctx, args)
-	if err != nil {
-		fmt.Fprintf(stderr, "lameduck: %v\n", err)
+	var e *exitError
+	if err != nil && !(errors.As(err, &e) && e.quiet) {
+		fmt.Fprintf(stderr, "lameduck: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	return ExitCode(err)
 }
 
 // registryFlags are the flags every command that talks to registries takes.
 func registryFlags(def string) []ucli.Flag {
+	reg := &ucli.StringSliceFlag{
+		Name:    "registry",
+		Usage:   "registry URL, repeat for several (consul://127.0.0.1:8500?dc=dc1, nacos://127.0.0.1:8848?namespace=public)",
+		EnvVars: []string{EnvRegistry},
+	}
+	if def != "" {
+		reg.Value = ucli.NewStringSlice(def)
+	}
 	return []ucli.Flag{
-		&ucli.StringSliceFlag{
-			Name:    "registry",
-			Usage:   "registry URL, repeat for several (memory://?push-delay=200ms, consul://127.0.0.1:8500?dc=dc1, nacos://127.0.0.1:8848?namespace=public)",
-			EnvVars: []string{EnvRegistry},
-			Value:   ucli.NewStringSlice(def),
-		},
+		reg,
 		&ucli.StringFlag{Name: "consul-token", Usage: "Consul ACL token", EnvVars: []string{EnvConsulToken}},
 		&ucli.StringFlag{Name: "nacos-username", Usage: "Nacos user name", EnvVars: []string{EnvNacosUsername}},
 		&ucli.StringFlag{Name: "nacos-password", Usage: "Nacos password", EnvVars: []string{EnvNacosPassword}},

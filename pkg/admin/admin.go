@@ -6,10 +6,14 @@
 //	POST /offline             start going offline; idempotent; 202 with the status
 //	GET  /wait?phase=P&timeout=D
 //	                          long-poll until the phase is reached (default Offline)
+//	GET  /metrics             Prometheus metrics, when the handler has WithMetrics
 //
 // State changes are POST only. When a token is set, POST requests must carry
 // "Authorization: Bearer TOKEN"; the token is compared in constant time and
 // never logged or echoed.
+//
+// Metrics (NewMetrics) exposes the protocol to Prometheus on a registry of
+// its own; Client is the other end of the endpoint, for other processes.
 package admin
 
 import (
@@ -31,7 +35,7 @@ const DefaultAddr = "127.0.0.1:9901"
 
 // Controller is what the handler drives; *drain.Coordinator implements it.
 type Controller interface {
-	Status() drain.Status
+	StatusSource
 	Start()
 	WaitPhase(ctx context.Context, p drain.Phase) error
 }
@@ -44,6 +48,7 @@ type Option func(*options)
 type options struct {
 	token   string
 	maxWait time.Duration
+	metrics *Metrics
 }
 
 func (o *options) setDefaults() {
@@ -57,6 +62,10 @@ func WithToken(token string) Option { return func(o *options) { o.token = token 
 
 // WithMaxWait caps the timeout a /wait long-poll may ask for; default 5m.
 func WithMaxWait(d time.Duration) Option { return func(o *options) { o.maxWait = d } }
+
+// WithMetrics serves m at GET /metrics, in Prometheus' exposition formats.
+// Like the other reads it needs no token. WithMetrics(nil) serves nothing.
+func WithMetrics(m *Metrics) Option { return func(o *options) { o.metrics = m } }
 
 // NewHandler returns the admin handler for c. It is safe for concurrent use.
 func NewHandler(c Controller, opts ...Option) (http.Handler, error) {
@@ -74,6 +83,9 @@ func NewHandler(c Controller, opts ...Option) (http.Handler, error) {
 	mux.HandleFunc("GET /ready", h.ready)
 	mux.HandleFunc("POST /offline", h.offline)
 	mux.HandleFunc("GET /wait", h.wait)
+	if o.metrics != nil {
+		mux.Handle("GET /metrics", o.metrics.handler)
+	}
 	return mux, nil
 }
 

@@ -1,0 +1,358 @@
+// Package lameduck wires the pieces for an application that links the
+// library: the registries and instance, the in-flight tracker, the admin
+// endpoint and signal handling, around one offline protocol.
+//
+//	app, err := lameduck.New(inst, []registry.Registry{reg},
+//		lameduck.WithReady(lameduck.HTTPReady("http://127.0.0.1:8080/healthz")),
+//		lameduck.WithStopHook("http", srv.Shutdown))
+//	mw, _ := httpdrain.Middleware(app.Tracker())
+//	...
+//	os.Exit(lameduck.ExitCode(app.Run(ctx)))
+//
+// Run registers the instance only once the app reports ready, then waits for
+// SIGTERM or SIGINT, a POST to the admin endpoint, or the end of ctx, and
+// takes the instance offline. A second signal forces an immediate stop.
+package lameduck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/internal/backoff"
+	"github.com/lameduck/lameduck/pkg/admin"
+	"github.com/lameduck/lameduck/registry"
+)
+
+// Exit codes shared by Run's callers and the lameduck commands.
+const (
+	ExitOK       = 0 // drained cleanly
+	ExitFailed   = 1 // something else went wrong
+	ExitBadInput = 2 // bad flags, arguments, URLs or options
+	ExitRegistry = 3 // a registry could not be reached in time (the drain still happened)
+	ExitForced   = 4 // the deadline or a second signal forced the stop
+)
+
+// MetaAdmin is the instance metadata key under which an App publishes its
+// admin endpoint, so that `lameduck status` and `lameduck offline` can find
+// it.
+const MetaAdmin = "lameduck.admin"
+
+// ExitCode maps Run's error to a process exit code.
+func ExitCode(err error) int {
+	var re *registry.Error
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, drain.ErrDeadline), errors.Is(err, drain.ErrForced):
+		return ExitForced
+	case errors.As(err, &re):
+		return ExitRegistry
+	}
+	return ExitFailed
+}
+
+// Option configures an App.
+type Option func(*options)
+
+type options struct {
+	drain      []drain.Option
+	adminAddr  string
+	adminToken string
+	ready      func(ctx context.Context) error
+	onEvent    func(drain.Event)
+	log        *slog.Logger
+	signals    []os.Signal
+	backoff    backoff.Policy
+}
+
+func (o *options) setDefaults() {
+	if o.log == nil {
+		o.log = slog.Default()
+	}
+	if o.signals == nil {
+		o.signals = []os.Signal{syscall.SIGTERM, os.Interrupt}
+	}
+}
+
+// WithDrain passes options to the offline protocol: budget, quiet window,
+// minimum wait, stop reserve, disable instead of deregister...
+func WithDrain(opts ...drain.Option) Option {
+	return func(o *options) { o.drain = append(o.drain, opts...) }
+}
+
+// WithStopHook adds a stop hook (a server's graceful shutdown, closing a
+// database); hooks run in reverse order of registration.
+func WithStopHook(name string, stop func(ctx context.Context) error) Option {
+	return WithDrain(drain.WithStopHook(name, stop))
+}
+
+// WithReady sets the check that must pass before the instance is
+// registered, so it takes no traffic before it can serve. It is retried with
+// backoff until it returns nil.
+func WithReady(check func(ctx context.Context) error) Option {
+	return func(o *options) { o.ready = check }
+}
+
+// WithAdmin sets the admin endpoint's address (default admin.DefaultAddr,
+// loopback) and bearer token. A non-loopback address needs a token. An empty
+// address turns the endpoint off.
+func WithAdmin(addr, token string) Option {
+	return func(o *options) { o.adminAddr, o.adminToken = addr, token }
+}
+
+// WithEventHook receives every protocol event, after the App has logged it.
+func WithEventHook(f func(drain.Event)) Option { return func(o *options) { o.onEvent = f } }
+
+// WithLogger sets the logger; the default is slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithSignals sets the signals that start going offline; the default is
+// SIGTERM and SIGINT.
+func WithSignals(sig ...os.Signal) Option { return func(o *options) { o.signals = sig } }
+
+// HTTPReady returns a readiness check that passes when url answers 2xx.
+func HTTPReady(url string) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return fmt.Errorf("lameduck: readiness URL %q: %w", url, err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("lameduck: readiness check %s: %w", url, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("lameduck: readiness check %s answered %s", url, resp.Status)
+		}
+		return nil
+	}
+}
+
+// App is one instance of an application under lameduck. Create it with
+// New, count requests with Tracker, and call Run once.
+type App struct {
+	o       options
+	inst    registry.Instance
+	regs    []registry.Registry
+	tracker *drain.Tracker
+	coord   *drain.Coordinator
+	metrics *admin.Metrics
+	handler http.Handler
+	ran     sync.Once
+}
+
+// New checks everything it can before anything starts: the instance, the
+// registries, the budget against the phases' minimums, and the admin
+// address.
+func New(inst registry.Instance, regs []registry.Registry, opts ...Option) (*App, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.adminAddr == "" && o.adminToken == "" {
+		o.adminAddr = admin.DefaultAddr
+	}
+	o.setDefaults()
+	if err := inst.Validate(); err != nil {
+		return nil, err
+	}
+	if o.adminAddr != "" {
+		if err := admin.CheckAddr(o.adminAddr, o.adminToken != ""); err != nil {
+			return nil, err
+		}
+	}
+	if o.adminAddr != "" {
+		if _, set := inst.Metadata[MetaAdmin]; !set {
+			md := make(map[string]string, len(inst.Metadata)+1)
+			for k, v := range inst.Metadata {
+				md[k] = v
+			}
+			md[MetaAdmin] = "http://" + o.adminAddr
+			inst.Metadata = md
+		}
+	}
+	a := &App{o: o, inst: inst, regs: regs, tracker: &drain.Tracker{}}
+	dopts := append([]drain.Option{
+		drain.WithRegistries(regs...),
+		drain.WithInstance(inst),
+		drain.WithEventHook(a.event),
+	}, o.drain...)
+	coord, err := drain.New(a.tracker, dopts...)
+	if err != nil {
+		return nil, err
+	}
+	a.coord = coord
+	if a.metrics, err = admin.NewMetrics(coord); err != nil {
+		return nil, err
+	}
+	hopts := []admin.Option{admin.WithMetrics(a.metrics)}
+	if o.adminToken != "" {
+		hopts = append(hopts, admin.WithToken(o.adminToken))
+	}
+	if a.handler, err = admin.NewHandler(coord, hopts...); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Tracker is the tracker to hand to the middleware.
+func (a *App) Tracker() *drain.Tracker { return a.tracker }
+
+// Coordinator runs the offline protocol; Run drives it.
+func (a *App) Coordinator() *drain.Coordinator { return a.coord }
+
+// AdminHandler is the admin endpoint, for apps that serve it themselves
+// (with WithAdmin("", "")).
+func (a *App) AdminHandler() http.Handler { return a.handler }
+
+func (a *App) event(e drain.Event) {
+	a.metrics.Observe(e)
+	l := a.o.log
+	switch e.Kind {
+	case drain.EventPhase:
+		l.Info("lameduck: phase", "phase", e.Phase.String(), "elapsed", e.Elapsed, "in_flight", e.InFlight)
+	case drain.EventDeregistered:
+		l.Info("lameduck: removed from registry", "registry", e.Registry)
+	case drain.EventConfirmed:
+		l.Info("lameduck: registry confirmed", "registry", e.Registry, "latency", e.Latency)
+	case drain.EventRetry:
+		l.Warn("lameduck: registry call failed, retrying", "registry", e.Registry, "delay", e.Delay, "err", e.Err)
+	case drain.EventGaveUp:
+		l.Error("lameduck: gave up on registry", "registry", e.Registry, "err", e.Err)
+	case drain.EventStopHook:
+		if e.Err != nil {
+			l.Error("lameduck: stop hook failed", "hook", e.Hook, "err", e.Err)
+		}
+	}
+	if a.o.onEvent != nil {
+		a.o.onEvent(e)
+	}
+}
+
+// Run serves the admin endpoint, waits for readiness, registers, waits for
+// a reason to go offline and runs the protocol. It returns the protocol's
+// error (nil for a clean offline); see ExitCode. Run may be called once.
+func (a *App) Run(ctx context.Context) error {
+	err := errors.New("lameduck: Run called twice; an App runs once")
+	a.ran.Do(func() { err = a.run(ctx) })
+	return err
+}
+
+func (a *App) run(ctx context.Context) error {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, a.o.signals...)
+	defer signal.Stop(sig)
+
+	if a.o.adminAddr != "" {
+		ln, err := net.Listen("tcp", a.o.adminAddr)
+		if err != nil {
+			return fmt.Errorf("lameduck: admin endpoint on %s: %w", a.o.adminAddr, err)
+		}
+		srv := &http.Server{Handler: a.handler, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer func() {
+			// Let long-polls waiting for Offline get their answer.
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if srv.Shutdown(sctx) != nil {
+				_ = srv.Close()
+			}
+		}()
+		a.o.log.Info("lameduck: admin endpoint", "addr", ln.Addr().String())
+	}
+
+	// Anything that asks to go offline from here on: a signal, the admin
+	// endpoint (which starts the coordinator itself), or ctx.
+	started := make(chan struct{})
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go func() {
+		if a.coord.WaitPhase(wctx, drain.Deregistering) == nil {
+			close(started)
+		}
+	}()
+	trigger, cancelTrigger := context.WithCancel(ctx)
+	defer cancelTrigger()
+	go func() {
+		select {
+		case s := <-sig:
+			a.o.log.Info("lameduck: signal, going offline", "signal", s.String())
+		case <-started:
+		case <-trigger.Done():
+			return
+		}
+		cancelTrigger()
+	}()
+
+	if err := a.becomeReady(trigger); err == nil {
+		a.register(trigger)
+	}
+	<-trigger.Done()
+	stopWatch()
+
+	a.coord.Start()
+	for {
+		select {
+		case <-a.coord.Done():
+			_, err := a.coord.Wait(context.Background())
+			a.metrics.ObserveResult(err)
+			return err
+		case s := <-sig:
+			a.o.log.Warn("lameduck: second signal, forcing the stop", "signal", s.String())
+			a.coord.Force()
+		}
+	}
+}
+
+// becomeReady runs the readiness check until it passes or ctx ends.
+func (a *App) becomeReady(ctx context.Context) error {
+	if a.o.ready == nil {
+		return nil
+	}
+	return a.retry(ctx, "readiness check", a.o.ready)
+}
+
+// register registers the instance in every registry, each retried with
+// backoff until it succeeds or ctx ends.
+func (a *App) register(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, r := range a.regs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if a.retry(ctx, "register in "+r.String(), func(ctx context.Context) error { return r.Register(ctx, a.inst) }) == nil {
+				a.o.log.Info("lameduck: registered", "registry", r.String(), "instance", a.inst.Key())
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (a *App) retry(ctx context.Context, what string, f func(ctx context.Context) error) error {
+	for attempt := 0; ; attempt++ {
+		err := f(ctx)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		d := a.o.backoff.Delay(attempt)
+		a.o.log.Warn("lameduck: "+what+" failed, retrying", "err", err, "delay", d)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}

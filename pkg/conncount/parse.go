@@ -1,0 +1,187 @@
+package conncount
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+)
+
+// TCP states as the kernel prints them in /proc/net/tcp (include/net/tcp_states.h).
+const (
+	stateEstablished = 0x01
+	stateListen      = 0x0A
+)
+
+// ParseError reports a line of a TCP table that could not be read. Callers
+// get it with errors.As.
+type ParseError struct {
+	File string // path of the table, such as /proc/net/tcp6
+	Line int    // 1-based; 0 when the error is about the file as a whole
+	Err  error
+}
+
+func (e *ParseError) Error() string {
+	if e.Line == 0 {
+		return fmt.Sprintf("conncount: %s: %v", e.File, e.Err)
+	}
+	return fmt.Sprintf("conncount: %s:%d: %v", e.File, e.Line, e.Err)
+}
+
+func (e *ParseError) Unwrap() error { return e.Err }
+
+// row is the part of a TCP table line that conncount uses.
+type row struct {
+	local, remote netip.AddrPort
+	state         uint8
+}
+
+func (r row) String() string { return fmt.Sprintf("%v->%v st=%02X", r.local, r.remote, r.state) }
+
+// hostOrder is how the kernel prints addresses: each 32-bit word of the
+// address in network byte order, formatted as a number in host byte order.
+// On the little-endian machines lameduck runs on (amd64, arm64) 127.0.0.1
+// reads 0100007F.
+var hostOrder = binary.NativeEndian
+
+// linesPerCtxCheck is how many lines parseTable reads between looks at ctx.
+const linesPerCtxCheck = 1024
+
+// parseTable reads a /proc/net/tcp (addrLen 8) or /proc/net/tcp6 (addrLen 32)
+// table from r and calls f for each socket in it. name is used in errors. It
+// stops at the first malformed line, and with ctx's error when ctx ends.
+func parseTable(ctx context.Context, r io.Reader, name string, addrLen int, f func(row)) error {
+	sc := bufio.NewScanner(r)
+	line := 0
+	for sc.Scan() {
+		line++
+		if line%linesPerCtxCheck == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		text := sc.Bytes()
+		if line == 1 {
+			if first, _ := field(text); string(first) != "sl" {
+				return &ParseError{File: name, Line: line, Err: errors.New(`missing "sl local_address ..." header`)}
+			}
+			continue
+		}
+		rw, err := parseRow(text, addrLen)
+		if err != nil {
+			return &ParseError{File: name, Line: line, Err: err}
+		}
+		f(rw)
+	}
+	if err := sc.Err(); err != nil {
+		return &ParseError{File: name, Line: line + 1, Err: err}
+	}
+	if line == 0 {
+		return &ParseError{File: name, Err: errors.New("empty table, want at least the header line")}
+	}
+	return nil
+}
+
+// parseRow parses "sl local rem st ..." into a row.
+func parseRow(text []byte, addrLen int) (row, error) {
+	sl, rest := field(text)
+	if len(sl) < 2 || sl[len(sl)-1] != ':' {
+		return row{}, fmt.Errorf("want slot number like %q, got %q", "0:", sl)
+	}
+	local, rest := field(rest)
+	remote, rest := field(rest)
+	st, _ := field(rest)
+	if len(st) == 0 {
+		return row{}, fmt.Errorf("want at least 4 fields (sl local_address rem_address st), got %q", clip(text))
+	}
+	lap, err := parseAddrPort(local, addrLen)
+	if err != nil {
+		return row{}, fmt.Errorf("local address %q: %w", local, err)
+	}
+	rap, err := parseAddrPort(remote, addrLen)
+	if err != nil {
+		return row{}, fmt.Errorf("remote address %q: %w", remote, err)
+	}
+	state, err := parseHex(st, 2)
+	if err != nil {
+		return row{}, fmt.Errorf("state %q: %w", st, err)
+	}
+	return row{local: lap, remote: rap, state: uint8(state)}, nil
+}
+
+// parseAddrPort parses the kernel's "HEXADDR:HEXPORT" form.
+func parseAddrPort(b []byte, addrLen int) (netip.AddrPort, error) {
+	i := bytes.IndexByte(b, ':')
+	if i < 0 {
+		return netip.AddrPort{}, errors.New("want ADDR:PORT")
+	}
+	hexAddr, hexPort := b[:i], b[i+1:]
+	if len(hexAddr) != addrLen {
+		return netip.AddrPort{}, fmt.Errorf("want %d hex digits of address, got %d", addrLen, len(hexAddr))
+	}
+	port, err := parseHex(hexPort, 4)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("port: %w", err)
+	}
+	var buf [16]byte
+	for w := 0; w < addrLen/8; w++ {
+		v, err := parseHex(hexAddr[w*8:w*8+8], 8)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("address: %w", err)
+		}
+		hostOrder.PutUint32(buf[w*4:], uint32(v))
+	}
+	var addr netip.Addr
+	if addrLen == 8 {
+		addr = netip.AddrFrom4([4]byte(buf[:4]))
+	} else {
+		addr = netip.AddrFrom16(buf)
+	}
+	return netip.AddrPortFrom(addr, uint16(port)), nil
+}
+
+// parseHex parses exactly n (at most 16) hex digits, either case.
+func parseHex(b []byte, n int) (uint64, error) {
+	if len(b) != n {
+		return 0, fmt.Errorf("want %d hex digits, got %d", n, len(b))
+	}
+	var v uint64
+	for _, c := range b {
+		var d byte
+		switch {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, fmt.Errorf("%q is not a hex digit", c)
+		}
+		v = v<<4 | uint64(d)
+	}
+	return v, nil
+}
+
+// field splits off the first space-separated field of b.
+func field(b []byte) (f, rest []byte) {
+	b = bytes.TrimLeft(b, " \t")
+	i := bytes.IndexAny(b, " \t")
+	if i < 0 {
+		return b, nil
+	}
+	return b[:i], b[i:]
+}
+
+// clip shortens a line for an error message.
+func clip(b []byte) string {
+	const max = 80
+	if len(b) > max {
+		return string(b[:max]) + "..."
+	}
+	return string(b)
+}

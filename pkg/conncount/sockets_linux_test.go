@@ -1,0 +1,263 @@
+//go:build linux
+
+package conncount
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lameduck/lameduck/internal/clock"
+)
+
+// These tests count real sockets in the test's own network namespace. They
+// rely on the kernel updating its table before the syscall returns: a
+// connection is ESTABLISHED by the time Accept returns it, and leaves that
+// state inside close(2) (server closes first) or before Read sees the
+// client's FIN (client closes first). So no count is retried.
+
+func TestCountRealSockets(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name          string
+		network, addr string // to listen on
+		dial          string // host to dial
+		conns         int
+		opts          func(port int) []Option
+		want          int // count while the connections are open
+		wantListening bool
+		clientCloses  bool // client closes first, leaving the server side in CLOSE_WAIT
+	}{
+		{name: "v4 none", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 0, want: 0, wantListening: true},
+		{name: "v4 one", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 1, want: 1, wantListening: true},
+		{name: "v4 many", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 20, want: 20, wantListening: true},
+		{name: "v4 client closes", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 3, want: 3, wantListening: true, clientCloses: true},
+		{name: "v6", network: "tcp6", addr: "[::1]:0", dial: "::1", conns: 5, want: 5, wantListening: true},
+		{name: "v4-mapped on dual stack", network: "tcp", addr: "[::]:0", dial: "127.0.0.1", conns: 5, want: 5, wantListening: true},
+		{
+			name: "addr matches", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 4, want: 4, wantListening: true,
+			opts: func(int) []Option { return []Option{WithAddrs(netip.MustParseAddr("127.0.0.1"))} },
+		},
+		{
+			name: "addr differs", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 4, want: 0, wantListening: false,
+			opts: func(int) []Option { return []Option{WithAddrs(netip.MustParseAddr("127.0.0.2"))} },
+		},
+		{
+			name: "wildcard listener", network: "tcp4", addr: "0.0.0.0:0", dial: "127.0.0.1", conns: 4, want: 4, wantListening: true,
+			opts: func(int) []Option { return []Option{WithAddrs(netip.MustParseAddr("192.0.2.1"))} },
+		},
+		{
+			name: "own pid", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 2, want: 2, wantListening: true,
+			opts: func(int) []Option { return []Option{WithPID(os.Getpid())} },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ln := listen(t, tt.network, tt.addr)
+			port := ln.Addr().(*net.TCPAddr).Port
+			var opts []Option
+			if tt.opts != nil {
+				opts = tt.opts(port)
+			}
+			c, err := New(port, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			clients, servers := connect(t, ln, tt.dial, tt.conns)
+
+			if got, err := c.Count(t.Context()); err != nil || got != tt.want {
+				logPort(t, port)
+				t.Fatalf("with %d connections open to %s: want Count %d, got %d, %v", tt.conns, ln.Addr(), tt.want, got, err)
+			}
+			if got, err := c.Listening(t.Context()); err != nil || got != tt.wantListening {
+				t.Fatalf("want Listening %v on %s, got %v, %v", tt.wantListening, ln.Addr(), got, err)
+			}
+
+			first, second := servers, clients
+			if tt.clientCloses {
+				first, second = clients, servers
+			}
+			for _, conn := range first {
+				if err := conn.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.clientCloses {
+				// The server side leaves ESTABLISHED when the FIN arrives,
+				// before Read can report it.
+				for _, s := range servers {
+					awaitEOF(t, s)
+				}
+			}
+			if got, err := c.Count(t.Context()); err != nil || got != 0 {
+				t.Fatalf("after closing %d connections: want Count 0, got %d, %v", tt.conns, got, err)
+			}
+			for _, conn := range second {
+				conn.Close()
+			}
+		})
+	}
+}
+
+func TestListeningRealSockets(t *testing.T) {
+	t.Parallel()
+	// A socket that is bound but not listening holds the port, so no other
+	// process can start listening on it during the test.
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := sa.(*syscall.SockaddrInet4).Port
+	c, err := New(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Listening(t.Context()); err != nil || got {
+		t.Fatalf("bound, not listening on 127.0.0.1:%d: want Listening false, got %v, %v", port, got, err)
+	}
+	if err := syscall.Listen(fd, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Listening(t.Context()); err != nil || !got {
+		t.Fatalf("listening on 127.0.0.1:%d: want Listening true, got %v, %v", port, got, err)
+	}
+}
+
+// TestWaitIdleRealSockets runs WaitIdle against real connections: it must
+// not return while one is open, and must return once the server has closed
+// them.
+func TestWaitIdleRealSockets(t *testing.T) {
+	t.Parallel()
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	port := ln.Addr().(*net.TCPAddr).Port
+	clients, servers := connect(t, ln, "127.0.0.1", 3)
+	defer closeAll(clients)
+
+	// On a fake clock: the first poll sees 3 and arms a timer; cancelling
+	// then must report the 3.
+	f := clock.NewFake(t0)
+	fc, err := New(port, withClock(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	added := f.TimerAdded()
+	busy := make(chan error, 1)
+	go func() { busy <- fc.WaitIdle(ctx, 0, time.Second) }()
+	select {
+	case <-added:
+	case err := <-busy:
+		t.Fatalf("with 3 connections open: want WaitIdle to keep polling, got %v", err)
+	case <-time.After(waitLong):
+		t.Fatalf("want WaitIdle's first poll within %v, got none", waitLong)
+	}
+	cancel()
+	var ni *NotIdleError
+	if err := recv(t, busy, "WaitIdle to return after cancel"); !errors.As(err, &ni) || ni.Conns != 3 || !errors.Is(err, context.Canceled) {
+		t.Fatalf("with 3 connections open: want *NotIdleError{Conns: 3} wrapping context.Canceled, got %v", err)
+	}
+
+	// On the wall clock: closing the connections while WaitIdle polls ends it.
+	c, err := New(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := make(chan error, 1)
+	go func() { idle <- c.WaitIdle(t.Context(), 5*time.Millisecond, time.Millisecond) }()
+	closeAll(servers)
+	if err := recv(t, idle, "WaitIdle to return after the connections closed"); err != nil {
+		t.Fatalf("after closing every connection: want nil, got %v", err)
+	}
+}
+
+func listen(t *testing.T, network, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatalf("listen %s %s: %v", network, addr, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// connect dials n connections to ln's port on host and accepts them all.
+func connect(t *testing.T, ln net.Listener, host string, n int) (clients, servers []net.Conn) {
+	t.Helper()
+	target := net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	t.Cleanup(func() { closeAll(clients); closeAll(servers) })
+	d := net.Dialer{Timeout: waitLong}
+	for range n {
+		conn, err := d.DialContext(t.Context(), "tcp", target)
+		if err != nil {
+			t.Fatalf("dial %s: %v", target, err)
+		}
+		clients = append(clients, conn)
+	}
+	if err := ln.(*net.TCPListener).SetDeadline(time.Now().Add(waitLong)); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		conn, err := ln.Accept()
+		if err != nil {
+			t.Fatalf("accept on %s: %v", ln.Addr(), err)
+		}
+		servers = append(servers, conn)
+	}
+	return clients, servers
+}
+
+// awaitEOF waits, bounded, for conn to read the peer's FIN.
+func awaitEOF(t *testing.T, conn net.Conn) {
+	t.Helper()
+	if err := conn.SetReadDeadline(time.Now().Add(waitLong)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := conn.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("want io.EOF after the client closed, got %d bytes, %v", n, err)
+	}
+}
+
+func closeAll(conns []net.Conn) {
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// logPort logs every row of the test's own tables that has port at either
+// end, to explain a wrong count.
+func logPort(t *testing.T, port int) {
+	t.Helper()
+	for _, tb := range []table{{"/proc/net/tcp", 8}, {"/proc/net/tcp6", 32}} {
+		b, err := os.ReadFile(tb.path)
+		if err != nil {
+			t.Logf("%s: %v", tb.path, err)
+			continue
+		}
+		err = parseTable(t.Context(), bytes.NewReader(b), tb.path, tb.addrLen, func(r row) {
+			if int(r.local.Port()) == port || int(r.remote.Port()) == port {
+				t.Logf("%s: %v", tb.path, r)
+			}
+		})
+		if err != nil {
+			t.Logf("%v", err)
+		}
+	}
+}
