@@ -108,11 +108,16 @@ func (h *handler) straggler(w http.ResponseWriter, r *http.Request) (answered bo
 // IsLongLived is the default long-lived classifier. It reports true for a
 // WebSocket or other protocol upgrade ("Connection: upgrade" and an Upgrade
 // header), for CONNECT (tunnels, and WebSockets over HTTP/2 per RFC 8441),
-// and for Server-Sent Events ("Accept: text/event-stream"). It expects the
-// canonical header keys that net/http's server produces.
+// and for Server-Sent Events ("Accept: text/event-stream"). Upgrades and
+// event streams are GET requests, so other methods cost no header lookup.
+// It expects the canonical header keys that net/http's server produces.
 func IsLongLived(r *http.Request) bool {
-	if r.Method == http.MethodConnect {
+	switch r.Method {
+	case http.MethodConnect:
 		return true
+	case http.MethodGet:
+	default:
+		return false
 	}
 	if len(r.Header["Upgrade"]) > 0 && hasToken(r.Header["Connection"], "upgrade") {
 		return true
