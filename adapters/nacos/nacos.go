@@ -4,7 +4,9 @@
 // connection, dropped when the process dies). Watches use the SDK's
 // Subscribe push with UpdateCacheWhenEmpty on, so the removal of the last
 // instance is seen, and report what consumers route to: enabled, healthy
-// instances with a weight above zero. Disable sets enabled=false.
+// instances with a weight above zero. Disable sets enabled=false: on an
+// instance this backend registered by re-publishing it, on any other through
+// the server's HTTP admin API (Nacos 3.0 or later), see Registry.Disable.
 //
 // The SDK writes a cache; it goes to the directory given with WithDataDir,
 // or to a private temporary directory removed by Close, never under $HOME.
@@ -17,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -62,6 +65,8 @@ type options struct {
 	dataDir   string
 	timeout   time.Duration
 	client    client
+
+	noStaleCheck bool
 }
 
 func (o *options) setDefaults() {
@@ -107,14 +112,19 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 
 func withClient(c client) Option { return func(o *options) { o.client = c } }
 
+// withoutStaleCheck skips clearStaleDisable, for unit tests whose fake SDK
+// has no admin API behind it.
+func withoutStaleCheck() Option { return func(o *options) { o.noStaleCheck = true } }
+
 // Registry is the Nacos backend. It is safe for concurrent use. Close it to
 // stop the SDK's goroutines.
 type Registry struct {
 	o        options
 	name     string
 	c        client
-	tempDir  string // removed by Close
-	udpPorts []int  // the SDK's push receiver, see sdk.go
+	tempDir  string       // removed by Close
+	udpPorts []int        // the SDK's push receiver, see sdk.go
+	hc       *http.Client // the admin API, see admin.go; its own transport
 
 	mu     sync.Mutex
 	calls  sync.WaitGroup // SDK calls that may outlive their ctx
@@ -155,7 +165,10 @@ func New(opts ...Option) (*Registry, error) {
 	if o.namespace != "" {
 		name += "?namespace=" + o.namespace
 	}
-	r := &Registry{o: o, name: name, c: o.client, pubs: map[string]map[string]*published{}}
+	r := &Registry{
+		o: o, name: name, c: o.client, pubs: map[string]map[string]*published{},
+		hc: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+	}
 	if r.c != nil {
 		return r, nil
 	}
@@ -215,6 +228,7 @@ func (r *Registry) Close() error {
 	r.mu.Unlock()
 	r.calls.Wait()
 	r.c.CloseClient()
+	r.hc.CloseIdleConnections()
 	wakePushReceivers(r.udpPorts)
 	if t, ok := http.DefaultTransport.(*http.Transport); ok && r.udpPorts != nil {
 		t.CloseIdleConnections() // the SDK's login connections
@@ -312,16 +326,54 @@ func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 	if err := r.checkNamespace(i); err != nil {
 		return err
 	}
-	return r.change(ctx, "register", i, func(set map[string]*published) error {
+	err := r.change(ctx, "register", i, func(set map[string]*published) error {
 		set[r.instanceKey(i)] = &published{inst: i, enabled: true}
 		return nil
 	})
+	if err == nil && !r.o.noStaleCheck {
+		r.clearStaleDisable(ctx, i)
+	}
+	return err
 }
 
-// Deregister removes i. Removing an instance this backend does not hold is
-// success: an ephemeral instance belongs to the client connection that
-// registered it and goes away with it. To hide an instance that another
-// process registered, disable it instead.
+// clearStaleDisable re-enables i if an earlier Disable from another client
+// (`lameduck offline --disable`, prestop) still hides it: Nacos keeps that
+// override for the endpoint after the instance is gone, so a restarted
+// instance would otherwise come back invisible. An instance that registers
+// is meant to be seen. Best effort: a failure is logged, not returned, since
+// the registration itself succeeded.
+func (r *Registry) clearStaleDisable(ctx context.Context, i registry.Instance) {
+	err := r.call(ctx, "register", func() (bool, error) {
+		ctx, cancel := context.WithTimeout(ctx, r.o.timeout)
+		defer cancel()
+		for attempt := 0; ; attempt++ {
+			err := r.patchEnabled(ctx, i, true)
+			// The new instance may not be readable yet; give it a moment.
+			if !errors.Is(err, ErrInstanceNotFound) || attempt == 4 {
+				return true, err
+			}
+			t := time.NewTimer(100 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return true, ctx.Err()
+			case <-t.C:
+			}
+		}
+	})
+	if err != nil {
+		slog.Warn("nacos: could not check for a stale disable of a new registration; if consumers do not see it, enable it",
+			"registry", r.name, "instance", i.Endpoint(), "err", err)
+	}
+}
+
+// Deregister removes i, if this backend registered it.
+//
+// An instance registered by another client (another process, or another
+// Registry in this one) cannot be removed: Nacos ties an ephemeral instance
+// to the gRPC connection that registered it, and it goes away only with that
+// connection. Deregister of such an instance does nothing and returns nil,
+// and consumers still see it. To take it out of consumers' view, Disable it.
 func (r *Registry) Deregister(ctx context.Context, i registry.Instance) error {
 	return r.change(ctx, "deregister", i, func(set map[string]*published) error {
 		delete(set, r.instanceKey(i))
@@ -329,25 +381,51 @@ func (r *Registry) Deregister(ctx context.Context, i registry.Instance) error {
 	})
 }
 
-// Disable sets enabled=false: still registered, no longer routed to.
+// Disable sets enabled=false: still registered, no longer routed to. It
+// blocks until the server took the change (consumers see it with the next
+// push, usually within a second), and returns ctx.Err(), wrapped, if ctx ends
+// first.
+//
+// An instance this backend registered is re-published with enabled=false.
+// Any other instance, found by service, group, cluster and ip:port, is
+// changed through the server's HTTP admin API (Nacos 3.0 or later), logged in
+// with the backend's credentials; the user needs write permission on the
+// namespace. The server keeps that change as an override of ip:port in the
+// service and cluster that beats whatever any client publishes for it,
+// including the owner's own enable, and that outlives the instance: Nacos
+// documents a minute (nacos.naming.clean.expired-metadata.expired-time), but
+// 3.1.0 still applied it 150s after the instance deregistered. The same
+// endpoint registered again meanwhile starts disabled, and stays so until
+// a backend that did not register it calls Enable while it is registered
+// (the owner's Enable only re-publishes). Errors match
+// ErrAccessDenied when the server refused the credentials, and
+// ErrInstanceNotFound when it holds no such instance.
 func (r *Registry) Disable(ctx context.Context, i registry.Instance) error {
 	return r.setEnabled(ctx, "disable", i, false)
 }
 
-// Enable sets enabled=true.
+// Enable sets enabled=true; it is Disable's inverse, with the same contract.
 func (r *Registry) Enable(ctx context.Context, i registry.Instance) error {
 	return r.setEnabled(ctx, "enable", i, true)
 }
 
+// errNotOurs is the edit's answer for an instance this backend did not
+// register, sending setEnabled to the admin API.
+var errNotOurs = errors.New("not registered through this backend")
+
 func (r *Registry) setEnabled(ctx context.Context, op string, i registry.Instance, on bool) error {
-	return r.change(ctx, op, i, func(set map[string]*published) error {
+	err := r.change(ctx, op, i, func(set map[string]*published) error {
 		p := set[r.instanceKey(i)]
 		if p == nil {
-			return fmt.Errorf("instance %s was not registered through this client; Nacos lets only the registering client change an ephemeral instance", i.Endpoint())
+			return errNotOurs
 		}
 		p.enabled = on
 		return nil
 	})
+	if errors.Is(err, errNotOurs) {
+		return r.setEnabledRemote(ctx, op, i, on)
+	}
+	return err
 }
 
 // change edits a copy of the service's published set with edit, publishes

@@ -1,0 +1,490 @@
+package nacos
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lameduck/lameduck/registry"
+)
+
+const (
+	testUser     = "ops"
+	testPassword = "pa55-w0rd-secret"
+	testToken    = "tok-3f9a-secret"
+)
+
+// adminRequest is one request the fake admin API received.
+type adminRequest struct {
+	method, path string
+	token        string     // the accessToken header
+	params       url.Values // query for GET, form for the rest
+	rawQuery     string
+}
+
+// fakeAdmin is the server's HTTP login and v3 instance admin API. It holds
+// one instance, answers with the status a test sets per path, and records
+// every request.
+type fakeAdmin struct {
+	t   *testing.T
+	srv *httptest.Server
+
+	mu       sync.Mutex
+	reqs     []adminRequest
+	enabled  bool
+	weight   float64
+	status   map[string]int    // path -> HTTP status to answer instead
+	body     map[string]string // path -> body to answer with that status
+	hold     chan struct{}     // when set, requests wait for it to close
+	instance url.Values        // the params that name the held instance
+}
+
+func newFakeAdmin(t *testing.T) *fakeAdmin {
+	t.Helper()
+	f := &fakeAdmin{t: t, enabled: true, weight: 2.5, status: map[string]int{}, body: map[string]string{}}
+	f.instance = url.Values{
+		"groupName": {"DEFAULT_GROUP"}, "serviceName": {"svc"}, "clusterName": {"DEFAULT"},
+		"ip": {"10.0.0.1"}, "port": {"8080"},
+	}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fakeAdmin) addr() string { return f.srv.Listener.Addr().String() }
+
+func (f *fakeAdmin) set(change func(f *fakeAdmin)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change(f)
+}
+
+func (f *fakeAdmin) requests() []adminRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]adminRequest(nil), f.reqs...)
+}
+
+func (f *fakeAdmin) serve(w http.ResponseWriter, req *http.Request) {
+	if err := req.ParseForm(); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	params := req.PostForm
+	if req.Method == http.MethodGet {
+		params = req.URL.Query()
+	}
+	f.mu.Lock()
+	f.reqs = append(f.reqs, adminRequest{method: req.Method, path: req.URL.Path, token: req.Header.Get("accessToken"), params: params, rawQuery: req.URL.RawQuery})
+	hold, code, body := f.hold, f.status[req.URL.Path], f.body[req.URL.Path]
+	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-req.Context().Done():
+			return
+		}
+	}
+	if code != 0 {
+		w.WriteHeader(code)
+		_, _ = w.Write([]byte(body))
+		return
+	}
+	switch {
+	case req.Method == http.MethodPost && req.URL.Path == loginPath:
+		if params.Get("username") != testUser || params.Get("password") != testPassword {
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte("unknown user!"))
+			return
+		}
+		_, _ = w.Write([]byte(`{"accessToken":"` + testToken + `","tokenTtl":18000,"globalAdmin":false,"username":"ops"}`))
+	case req.Header.Get("accessToken") != testToken:
+		w.WriteHeader(http.StatusForbidden)
+		_, _ = w.Write([]byte(`{"status":403,"error":"Forbidden","path":"` + req.URL.Path + `"}`))
+	case !f.names(params):
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"code":20004,"message":"resource not found","data":"no matched ip found"}`))
+	case req.Method == http.MethodGet && req.URL.Path == adminInstancePath:
+		f.mu.Lock()
+		data, _ := json.Marshal(map[string]any{"ip": "10.0.0.1", "port": 8080, "weight": f.weight, "enabled": f.enabled, "healthy": true, "ephemeral": true})
+		f.mu.Unlock()
+		_, _ = w.Write([]byte(`{"code":0,"message":"success","data":` + string(data) + `}`))
+	case req.Method == http.MethodPut && req.URL.Path == adminPatchPath:
+		f.mu.Lock()
+		f.enabled = params.Get("enabled") == "true"
+		f.mu.Unlock()
+		_, _ = w.Write([]byte(`{"code":0,"message":"success","data":"ok"}`))
+	default:
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"status":404,"error":"Not Found"}`))
+	}
+}
+
+// names reports whether params name the fake's instance.
+func (f *fakeAdmin) names(params url.Values) bool {
+	for k, v := range f.instance {
+		if params.Get(k) != v[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// newAdminTest returns a Registry whose SDK is a fake with nothing
+// published and whose admin API is a.
+func newAdminTest(t *testing.T, a *fakeAdmin, opts ...Option) (*Registry, *fakeNacos) {
+	t.Helper()
+	f := newFake()
+	// Unlike the other unit tests, these have an admin API behind them, so
+	// Register's look for a stale disable stays on.
+	withStaleCheck := Option(func(o *options) { o.noStaleCheck = false })
+	base := []Option{WithAddress(a.addr()), WithCredentials(testUser, testPassword), withStaleCheck}
+	return newTest(t, f, append(base, opts...)...), f
+}
+
+func TestRemoteEnabled(t *testing.T) {
+	t.Parallel()
+	id := func(extra ...string) url.Values {
+		v := url.Values{
+			"groupName": {"DEFAULT_GROUP"}, "serviceName": {"svc"}, "clusterName": {"DEFAULT"},
+			"ip": {"10.0.0.1"}, "port": {"8080"},
+		}
+		for k := 0; k < len(extra); k += 2 {
+			v.Set(extra[k], extra[k+1])
+		}
+		return v
+	}
+	login := adminRequest{method: http.MethodPost, path: loginPath, params: url.Values{"username": {testUser}, "password": {testPassword}}}
+	cases := []struct {
+		name     string
+		opts     []Option
+		setup    func(a *fakeAdmin)
+		in       registry.Instance
+		op       string
+		want     []adminRequest
+		wantOn   bool // the fake's enabled afterwards
+		wantNoTk bool // requests carry no accessToken
+	}{
+		{
+			name: "disable sends enabled false and keeps the weight",
+			in:   inst(), op: "disable",
+			want: []adminRequest{
+				login,
+				{method: http.MethodGet, path: adminInstancePath, token: testToken, params: id()},
+				{method: http.MethodPut, path: adminPatchPath, token: testToken, params: id("enabled", "false", "weight", "2.5")},
+			},
+		},
+		{
+			name:  "enable a disabled instance",
+			setup: func(a *fakeAdmin) { a.enabled = false },
+			in:    inst(), op: "enable",
+			want: []adminRequest{
+				login,
+				{method: http.MethodGet, path: adminInstancePath, token: testToken, params: id()},
+				{method: http.MethodPut, path: adminPatchPath, token: testToken, params: id("enabled", "true", "weight", "2.5")},
+			},
+			wantOn: true,
+		},
+		{
+			name:  "disable an already disabled instance writes nothing",
+			setup: func(a *fakeAdmin) { a.enabled = false },
+			in:    inst(), op: "disable",
+			want: []adminRequest{
+				login,
+				{method: http.MethodGet, path: adminInstancePath, token: testToken, params: id()},
+			},
+		},
+		{
+			name: "namespace, group and cluster name the instance",
+			opts: []Option{WithNamespace("dev"), WithGroup("G"), WithCluster("C")},
+			setup: func(a *fakeAdmin) {
+				a.instance = id("namespaceId", "dev", "groupName", "IG", "clusterName", "C")
+			},
+			in: registry.Instance{Service: "svc", Address: "10.0.0.1", Port: 8080, Group: "IG", Namespace: "dev"}, op: "disable",
+			want: []adminRequest{
+				login,
+				{method: http.MethodGet, path: adminInstancePath, token: testToken, params: id("namespaceId", "dev", "groupName", "IG", "clusterName", "C")},
+				{method: http.MethodPut, path: adminPatchPath, token: testToken, params: id("namespaceId", "dev", "groupName", "IG", "clusterName", "C", "enabled", "false", "weight", "2.5")},
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a := newFakeAdmin(t)
+			if tc.setup != nil {
+				a.set(tc.setup)
+			}
+			r, f := newAdminTest(t, a, tc.opts...)
+			var err error
+			if tc.op == "disable" {
+				err = r.Disable(t.Context(), tc.in)
+			} else {
+				err = r.Enable(t.Context(), tc.in)
+			}
+			if err != nil {
+				t.Fatalf("%s %s: want nil, got %v", tc.op, tc.in.Endpoint(), err)
+			}
+			got := a.requests()
+			for k := range got {
+				if strings.Contains(got[k].rawQuery, testToken) || strings.Contains(got[k].rawQuery, testPassword) {
+					t.Errorf("request %d: want no credentials in the URL, got query %q", k, got[k].rawQuery)
+				}
+				got[k].rawQuery = ""
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("admin requests:\nwant %+v\ngot  %+v", tc.want, got)
+			}
+			a.mu.Lock()
+			on := a.enabled
+			a.mu.Unlock()
+			if on != tc.wantOn {
+				t.Errorf("enabled on the server after %s: want %v, got %v", tc.op, tc.wantOn, on)
+			}
+			if len(f.batches) != 0 || len(f.deregisters) != 0 {
+				t.Errorf("SDK writes: want none for an instance another client registered, got %d batches, %d deregistrations", len(f.batches), len(f.deregisters))
+			}
+		})
+	}
+}
+
+func TestRemoteEnabledErrors(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		opts    []Option
+		setup   func(a *fakeAdmin)
+		in      registry.Instance
+		wantIs  error    // nil: must match neither sentinel
+		status  int      // the *StatusError's Code, 0: none expected
+		want    []string // in the message
+		wantNot []string // not in the message
+	}{
+		{
+			name:   "login refused",
+			opts:   []Option{WithCredentials(testUser, "wrong-"+testPassword)},
+			in:     inst(),
+			wantIs: ErrAccessDenied, status: http.StatusForbidden,
+			want: []string{`login as "ops" refused`, "HTTP 403"},
+		},
+		{
+			name: "write forbidden",
+			setup: func(a *fakeAdmin) {
+				a.status[adminPatchPath] = http.StatusForbidden
+				a.body[adminPatchPath] = `{"code":403,"message":"authorization failed! token ` + testToken + `","data":null}`
+			},
+			in:     inst(),
+			wantIs: ErrAccessDenied, status: http.StatusForbidden,
+			want: []string{`user "ops" may not change instance 10.0.0.1:8080 of "svc"`, "authorization failed", "REDACTED"},
+		},
+		{
+			name: "unauthorized",
+			setup: func(a *fakeAdmin) {
+				a.status[adminInstancePath] = http.StatusUnauthorized
+			},
+			in:     inst(),
+			wantIs: ErrAccessDenied, status: http.StatusUnauthorized,
+			want: []string{`user "ops" may not change`},
+		},
+		{
+			name:   "no credentials on a server with auth",
+			opts:   []Option{WithCredentials("", "")},
+			in:     inst(),
+			wantIs: ErrAccessDenied, status: http.StatusForbidden,
+			want: []string{"the server wants credentials", "NACOS_USERNAME"},
+		},
+		{
+			name:   "instance not found",
+			in:     registry.Instance{Service: "svc", Address: "10.0.0.1", Port: 9999},
+			wantIs: ErrInstanceNotFound, status: http.StatusNotFound,
+			want: []string{`instance 10.0.0.1:9999 of service "svc"`, "not found", `namespace "public"`, "no matched ip found"},
+		},
+		{
+			name: "server without the v3 admin API",
+			setup: func(a *fakeAdmin) {
+				a.status[adminInstancePath] = http.StatusNotFound
+				a.body[adminInstancePath] = `{"timestamp":"2026-01-01T00:00:00.000+00:00","status":404,"error":"Not Found","path":"/nacos/v3/admin/ns/instance"}`
+			},
+			in:     inst(),
+			status: http.StatusNotFound,
+			want:   []string{"no admin API", "Nacos 3.0 or later"},
+		},
+		{
+			name: "server error",
+			setup: func(a *fakeAdmin) {
+				a.status[adminPatchPath] = http.StatusInternalServerError
+				a.body[adminPatchPath] = `{"code":30000,"message":"server error","data":"raft is down"}`
+			},
+			in:     inst(),
+			status: http.StatusInternalServerError,
+			want:   []string{"HTTP 500, code 30000: server error: raft is down"},
+		},
+		{
+			name:   "other namespace",
+			in:     registry.Instance{Service: "svc", Address: "10.0.0.1", Port: 8080, Namespace: "prod"},
+			want:   []string{`namespace "prod"`},
+			status: 0,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a := newFakeAdmin(t)
+			if tc.setup != nil {
+				a.set(tc.setup)
+			}
+			r, _ := newAdminTest(t, a, tc.opts...)
+			err := r.Disable(t.Context(), tc.in)
+			var re *registry.Error
+			if !errors.As(err, &re) || re.Op != "disable" {
+				t.Fatalf("Disable: want *registry.Error with op disable, got %#v", err)
+			}
+			for _, s := range []error{ErrAccessDenied, ErrInstanceNotFound} {
+				if got, want := errors.Is(err, s), s == tc.wantIs; got != want {
+					t.Errorf("errors.Is(err, %v): want %v, got %v (err %v)", s, want, got, err)
+				}
+			}
+			var se *StatusError
+			if got := errors.As(err, &se); got != (tc.status != 0) || (got && se.Code != tc.status) {
+				t.Errorf("errors.As *StatusError: want code %d, got %#v (err %v)", tc.status, se, err)
+			}
+			msg := err.Error()
+			for _, s := range tc.want {
+				if !strings.Contains(msg, s) {
+					t.Errorf("Disable: want an error containing %q, got %q", s, msg)
+				}
+			}
+			for _, s := range append(tc.wantNot, testToken, testPassword) {
+				if strings.Contains(msg, s) {
+					t.Errorf("Disable: want an error without %q, got %q", s, msg)
+				}
+			}
+		})
+	}
+}
+
+// TestRemoteEnabledBounded: the admin exchange ends with the caller's ctx
+// and with the backend's timeout, whichever is first, and Close waits for it.
+func TestRemoteEnabledBounded(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		opts []Option
+		ctx  func(parent context.Context) (context.Context, context.CancelFunc)
+	}{
+		{
+			name: "caller's deadline",
+			ctx: func(p context.Context) (context.Context, context.CancelFunc) {
+				return context.WithTimeout(p, 50*time.Millisecond)
+			},
+		},
+		{
+			name: "backend timeout",
+			opts: []Option{WithTimeout(50 * time.Millisecond)},
+			ctx:  context.WithCancel,
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a := newFakeAdmin(t)
+			hold := make(chan struct{})
+			defer close(hold)
+			a.set(func(a *fakeAdmin) { a.hold = hold })
+			r, _ := newAdminTest(t, a, tc.opts...)
+			ctx, cancel := tc.ctx(t.Context())
+			defer cancel()
+			err := within(t, "Disable", func() error { return r.Disable(ctx, inst()) })
+			var re *registry.Error
+			if !errors.As(err, &re) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Disable: want *registry.Error wrapping context.DeadlineExceeded, got %v", err)
+			}
+			if err := within(t, "Close", r.Close); err != nil {
+				t.Errorf("Close: want nil, got %v", err)
+			}
+		})
+	}
+}
+
+func TestRemoteEnabledAfterClose(t *testing.T) {
+	t.Parallel()
+	a := newFakeAdmin(t)
+	r, _ := newAdminTest(t, a)
+	if err := r.Close(); err != nil {
+		t.Fatalf("Close: want nil, got %v", err)
+	}
+	err := r.Disable(t.Context(), inst())
+	if err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("Disable after Close: want an error saying closed, got %v", err)
+	}
+	if got := a.requests(); len(got) != 0 {
+		t.Errorf("admin requests after Close: want none, got %+v", got)
+	}
+}
+
+// TestOwnInstanceSkipsAdmin: an instance this backend registered is
+// re-published; the admin API is called only by Register, to look for a
+// stale disable (login and one GET, no write when it is enabled).
+func TestOwnInstanceSkipsAdmin(t *testing.T) {
+	t.Parallel()
+	a := newFakeAdmin(t)
+	r, f := newAdminTest(t, a)
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	if got := a.requests(); len(got) != 2 || got[0].method != "POST" || got[1].method != "GET" {
+		t.Fatalf("admin requests by Register: want a login and one GET, got %+v", got)
+	}
+	a.set(func(f *fakeAdmin) { f.reqs = nil })
+	if err := r.Disable(t.Context(), inst()); err != nil {
+		t.Fatalf("Disable: want nil, got %v", err)
+	}
+	if err := r.Enable(t.Context(), inst()); err != nil {
+		t.Fatalf("Enable: want nil, got %v", err)
+	}
+	if got := a.requests(); len(got) != 0 {
+		t.Errorf("admin requests: want none for an own instance, got %+v", got)
+	}
+	if len(f.batches) != 3 || f.batches[1].Instances[0].Enable || !f.batches[2].Instances[0].Enable {
+		t.Errorf("batches: want register, enabled false, enabled true; got %+v", f.batches)
+	}
+}
+
+// TestForeignDeregisterIsNoop: Deregister of an instance another client
+// registered succeeds without touching the server.
+func TestForeignDeregisterIsNoop(t *testing.T) {
+	t.Parallel()
+	a := newFakeAdmin(t)
+	r, f := newAdminTest(t, a)
+	if err := r.Deregister(t.Context(), inst()); err != nil {
+		t.Fatalf("Deregister: want nil, got %v", err)
+	}
+	if got := a.requests(); len(got) != 0 || len(f.log) != 0 {
+		t.Errorf("calls: want none, got admin %+v, SDK %q", got, f.log)
+	}
+}
+
+// A Register finds its endpoint still disabled by an earlier Disable from
+// another client, and enables it, since Nacos keeps that override after
+// the instance is gone.
+func TestRegisterClearsStaleDisable(t *testing.T) {
+	t.Parallel()
+	a := newFakeAdmin(t)
+	a.set(func(f *fakeAdmin) { f.enabled = false })
+	r, _ := newAdminTest(t, a)
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	got := a.requests()
+	if len(got) != 3 || got[2].method != http.MethodPut || got[2].params.Get("enabled") != "true" {
+		t.Fatalf("admin requests: want login, GET and a PUT enabled=true, got %+v", got)
+	}
+}
