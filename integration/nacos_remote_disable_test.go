@@ -41,13 +41,15 @@ func TestNacosRemoteDisable(t *testing.T) {
 	waitFor(t, ctx, "the consumer to see the instance A registered", visible(true))
 	waitWatch(t, ctx, w, in, "the watch to show the instance", true)
 
-	// B cannot remove A's instance: Deregister is a no-op.
+	// B cannot remove A's instance; its Deregister disables it instead.
 	if err := b.Deregister(ctx, in); err != nil {
-		t.Fatalf("B deregisters A's instance: want nil (a no-op), got %v", err)
+		t.Fatalf("B deregisters A's instance: want nil, got %v", err)
 	}
-	if !visible(true)() {
-		t.Fatalf("after B's Deregister: want the consumer still to see %s, got it gone", in.Endpoint())
+	waitWatch(t, ctx, w, in, "the watch to drop the instance B deregistered", false)
+	if err := b.Enable(ctx, in); err != nil {
+		t.Fatalf("B enables A's instance again: %v", err)
 	}
+	waitWatch(t, ctx, w, in, "the watch to show the instance again", true)
 
 	missing := in
 	missing.Port = freePort(t)

@@ -145,8 +145,8 @@ func newAdminTest(t *testing.T, a *fakeAdmin, opts ...Option) (*Registry, *fakeN
 	f := newFake()
 	// Unlike the other unit tests, these have an admin API behind them, so
 	// Register's look for a stale disable stays on.
-	withStaleCheck := Option(func(o *options) { o.noStaleCheck = false })
-	base := []Option{WithAddress(a.addr()), WithCredentials(testUser, testPassword), withStaleCheck}
+	withAdminAPI := Option(func(o *options) { o.noAdminAPI = false })
+	base := []Option{WithAddress(a.addr()), WithCredentials(testUser, testPassword), withAdminAPI}
 	return newTest(t, f, append(base, opts...)...), f
 }
 
@@ -460,15 +460,23 @@ func TestOwnInstanceSkipsAdmin(t *testing.T) {
 
 // TestForeignDeregisterIsNoop: Deregister of an instance another client
 // registered succeeds without touching the server.
-func TestForeignDeregisterIsNoop(t *testing.T) {
+// Deregister of an instance another client registered disables it (it
+// cannot be removed), and one that is not registered at all is success.
+func TestForeignDeregisterDisables(t *testing.T) {
 	t.Parallel()
 	a := newFakeAdmin(t)
 	r, f := newAdminTest(t, a)
 	if err := r.Deregister(t.Context(), inst()); err != nil {
 		t.Fatalf("Deregister: want nil, got %v", err)
 	}
-	if got := a.requests(); len(got) != 0 || len(f.log) != 0 {
-		t.Errorf("calls: want none, got admin %+v, SDK %q", got, f.log)
+	got := a.requests()
+	if len(got) != 3 || got[2].method != http.MethodPut || got[2].params.Get("enabled") != "false" || len(f.log) != 0 {
+		t.Fatalf("calls: want login, GET, PUT enabled=false and no SDK call, got admin %+v, SDK %q", got, f.log)
+	}
+	unknown := inst()
+	unknown.Port = 9999
+	if err := r.Deregister(t.Context(), unknown); err != nil {
+		t.Fatalf("Deregister of an instance that is not registered: want nil, got %v", err)
 	}
 }
 

@@ -165,7 +165,7 @@ func (f *fakeNacos) waitFor(t *testing.T, what string, cond func(f *fakeNacos) b
 // newTest returns a Registry on f, closed when the test ends.
 func newTest(t *testing.T, f *fakeNacos, opts ...Option) *Registry {
 	t.Helper()
-	r, err := New(append([]Option{WithAddress("127.0.0.1:8848"), withClient(f), withoutStaleCheck()}, opts...)...)
+	r, err := New(append([]Option{WithAddress("127.0.0.1:8848"), withClient(f), withoutAdminAPI()}, opts...)...)
 	if err != nil {
 		t.Fatalf("New: want a registry, got error %v", err)
 	}

@@ -66,7 +66,7 @@ type options struct {
 	timeout   time.Duration
 	client    client
 
-	noStaleCheck bool
+	noAdminAPI bool
 }
 
 func (o *options) setDefaults() {
@@ -112,9 +112,10 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 
 func withClient(c client) Option { return func(o *options) { o.client = c } }
 
-// withoutStaleCheck skips clearStaleDisable, for unit tests whose fake SDK
-// has no admin API behind it.
-func withoutStaleCheck() Option { return func(o *options) { o.noStaleCheck = true } }
+// withoutAdminAPI keeps the backend off the HTTP admin API (the stale
+// disable check, foreign deregistration), for unit tests whose fake SDK has
+// no server behind it.
+func withoutAdminAPI() Option { return func(o *options) { o.noAdminAPI = true } }
 
 // Registry is the Nacos backend. It is safe for concurrent use. Close it to
 // stop the SDK's goroutines.
@@ -330,7 +331,7 @@ func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 		set[r.instanceKey(i)] = &published{inst: i, enabled: true}
 		return nil
 	})
-	if err == nil && !r.o.noStaleCheck {
+	if err == nil && !r.o.noAdminAPI {
 		r.clearStaleDisable(ctx, i)
 	}
 	return err
@@ -367,18 +368,33 @@ func (r *Registry) clearStaleDisable(ctx context.Context, i registry.Instance) {
 	}
 }
 
-// Deregister removes i, if this backend registered it.
+// Deregister removes i if this backend registered it.
 //
-// An instance registered by another client (another process, or another
-// Registry in this one) cannot be removed: Nacos ties an ephemeral instance
-// to the gRPC connection that registered it, and it goes away only with that
-// connection. Deregister of such an instance does nothing and returns nil,
-// and consumers still see it. To take it out of consumers' view, Disable it.
+// An instance registered by another client (another process, such as the
+// app that `lameduck offline` or prestop acts on) cannot be removed: Nacos
+// ties an ephemeral instance to the gRPC connection that registered it. So
+// Deregister disables it instead, which takes it out of consumers' view just
+// the same; it goes away for good with its owner's connection, and a later
+// Register of the endpoint clears the disable. An instance that is not
+// registered at all is success.
 func (r *Registry) Deregister(ctx context.Context, i registry.Instance) error {
-	return r.change(ctx, "deregister", i, func(set map[string]*published) error {
+	err := r.change(ctx, "deregister", i, func(set map[string]*published) error {
+		if set[r.instanceKey(i)] == nil {
+			return errNotOurs
+		}
 		delete(set, r.instanceKey(i))
 		return nil
 	})
+	if !errors.Is(err, errNotOurs) {
+		return err
+	}
+	if r.o.noAdminAPI {
+		return nil
+	}
+	if err := r.setEnabledRemote(ctx, "deregister", i, false); err != nil && !errors.Is(err, ErrInstanceNotFound) {
+		return err
+	}
+	return nil
 }
 
 // Disable sets enabled=false: still registered, no longer routed to. It

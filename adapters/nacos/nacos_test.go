@@ -38,7 +38,7 @@ func TestNew(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			f := newFake()
-			r, err := New(append([]Option{withClient(f), withoutStaleCheck()}, tc.opts...)...)
+			r, err := New(append([]Option{withClient(f), withoutAdminAPI()}, tc.opts...)...)
 			if tc.wantName == "" {
 				if err == nil {
 					t.Fatalf("New: want an address error, got registry %s", r)
@@ -378,7 +378,7 @@ func TestCallHonoursCtx(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			f := newFake()
-			r, err := New(withClient(f), withoutStaleCheck())
+			r, err := New(withClient(f), withoutAdminAPI())
 			if err != nil {
 				t.Fatalf("New: want a registry, got error %v", err)
 			}
@@ -427,7 +427,7 @@ func TestCallHonoursCtx(t *testing.T) {
 func TestClose(t *testing.T) {
 	t.Parallel()
 	f := newFake()
-	r, err := New(withClient(f), withoutStaleCheck())
+	r, err := New(withClient(f), withoutAdminAPI())
 	if err != nil {
 		t.Fatalf("New: want a registry, got error %v", err)
 	}
