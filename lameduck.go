@@ -44,8 +44,8 @@ const (
 
 // MetaAdmin is the instance metadata key under which an App publishes its
 // admin endpoint, so that `lameduck status` and `lameduck offline` can find
-// it.
-const MetaAdmin = "lameduck.admin"
+// it. Consul accepts only letters, digits, '_' and '-' in metadata keys.
+const MetaAdmin = "lameduck_admin"
 
 // ExitCode maps Run's error to a process exit code.
 func ExitCode(err error) int {

@@ -71,7 +71,9 @@ func App(stdout, stderr io.Writer) *ucli.App {
 			"all within one deadline. Evidence instead of `sleep 30`.",
 		Writer:          stdout,
 		ErrWriter:       stderr,
+		HideHelp:        true, // see helpFlag
 		HideHelpCommand: true,
+		Flags:           []ucli.Flag{helpFlag()},
 		Commands: withUsageErrors(
 			demoCommand(),
 			offlineCommand(),
@@ -98,8 +100,19 @@ func usageError(c *ucli.Context, err error, _ bool) error {
 func withUsageErrors(cmds ...*ucli.Command) []*ucli.Command {
 	for _, c := range cmds {
 		c.OnUsageError = usageError
+		c.HideHelp = true // see helpFlag
+		c.Flags = append(c.Flags, helpFlag())
 	}
 	return cmds
+}
+
+// helpFlag returns a --help flag for one App or command. urfave/cli's shared
+// HelpFlag is written to each time a command's flags are parsed
+// (BoolFlag.Apply), so two Apps running at once, as Main in parallel tests,
+// would race on it. HideHelp keeps the shared one out; urfave/cli still
+// shows help when a flag named help is set.
+func helpFlag() ucli.Flag {
+	return &ucli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "show help", DisableDefaultText: true}
 }
 
 // Main runs the app with args and returns the process exit code. Errors are

@@ -69,19 +69,20 @@ func offlineCommand() *ucli.Command {
 			&ucli.IntFlag{Name: "pid", Usage: "process to SIGTERM once drained (with --stop)"},
 		),
 		Action: func(c *ucli.Context) error {
+			// Before parseOfflineJob opens the registries, which only
+			// runOfflineJob closes.
+			if c.Bool("stop") && c.String("admin") == "" && c.Int("pid") == 0 {
+				return badInput("--stop needs --admin (a lameduck app stops itself) or --pid")
+			}
+			pid := c.Int("pid")
+			if pid != 0 && (pid < 0 || syscall.Kill(pid, 0) != nil) {
+				return badInput("--pid %d is not a process this user can signal", pid)
+			}
 			job, err := parseOfflineJob(c)
 			if err != nil {
 				return err
 			}
-			if c.Bool("stop") && job.adminURL == "" && c.Int("pid") == 0 {
-				return badInput("--stop needs --admin (a lameduck app stops itself) or --pid")
-			}
-			if pid := c.Int("pid"); pid != 0 {
-				if pid < 0 || syscall.Kill(pid, 0) != nil {
-					return badInput("--pid %d is not a process this user can signal", pid)
-				}
-				job.pid = pid
-			}
+			job.pid = pid
 			job.wait = c.Bool("wait")
 			return runOfflineJob(c, job)
 		},
@@ -105,19 +106,34 @@ type offlineJob struct {
 	drainLocal func(ctx context.Context, progress func(string)) error
 }
 
-func parseOfflineJob(c *ucli.Context) (*offlineJob, error) {
+// checkJobFlags checks the flags offline and prestop (both modes) share
+// that need no I/O: no arguments, --output, --budget, and --admin with its
+// token, so that a bad token is refused before anything is deregistered.
+func checkJobFlags(c *ucli.Context) error {
 	if c.NArg() > 0 {
-		return nil, badInput("unexpected argument %q; every input is a flag", c.Args().First())
+		return badInput("unexpected argument %q; every input is a flag", c.Args().First())
 	}
 	switch out := c.String("output"); out {
 	case "text", "json":
 	default:
-		return nil, badInput("--output %q: want text or json", out)
+		return badInput("--output %q: want text or json", out)
+	}
+	if budget := c.Duration("budget"); budget <= 0 {
+		return badInput("--budget %v: want a positive duration such as 30s", budget)
+	}
+	if u := c.String("admin"); u != "" {
+		if _, err := admin.NewClient(u, admin.WithClientToken(c.String("admin-token"))); err != nil {
+			return badInput("--admin: %v", err)
+		}
+	}
+	return nil
+}
+
+func parseOfflineJob(c *ucli.Context) (*offlineJob, error) {
+	if err := checkJobFlags(c); err != nil {
+		return nil, err
 	}
 	budget := c.Duration("budget")
-	if budget <= 0 {
-		return nil, badInput("--budget %v: want a positive duration such as 30s", budget)
-	}
 	service := c.String("service")
 	if service == "" {
 		return nil, badInput("missing --service; name the service the instance belongs to")
@@ -141,11 +157,6 @@ func parseOfflineJob(c *ucli.Context) (*offlineJob, error) {
 		adminURL:   c.String("admin"),
 		adminToken: c.String("admin-token"),
 		json:       c.String("output") == "json",
-	}
-	if job.adminURL != "" {
-		if _, err := admin.NewClient(job.adminURL); err != nil {
-			return nil, badInput("--admin: %v", err)
-		}
 	}
 	if len(c.StringSlice("registry")) == 0 {
 		return nil, badInput("no registry given; pass --registry URL (repeat for several) or set %s", EnvRegistry)
@@ -183,6 +194,20 @@ func runOfflineJob(c *ucli.Context, job *offlineJob) error {
 	err := job.run(ctx, progress, &res)
 	res.DurationMS = time.Since(start).Milliseconds()
 	res.ExitCode = ExitCode(err)
+	progress.done()
+	if job.json {
+		return printResult(out, res, err)
+	}
+	if err != nil {
+		return &exitError{code: res.ExitCode, err: err}
+	}
+	fmt.Fprintf(out, "%s: %s drained in %s\n", job.inst.Service, job.inst.Key(), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// printResult prints res, completed from err, as one JSON object, and
+// returns err as a quiet exitError with res.ExitCode, or nil.
+func printResult(out io.Writer, res Result, err error) error {
 	res.Outcome = map[int]string{
 		lameduck.ExitOK: "drained", lameduck.ExitRegistry: "registry-unreachable",
 		lameduck.ExitForced: "forced", lameduck.ExitBadInput: "bad-input",
@@ -193,20 +218,12 @@ func runOfflineJob(c *ucli.Context, job *offlineJob) error {
 	if err != nil {
 		res.Error = err.Error()
 	}
-	progress.done()
-	if job.json {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(res)
-		if err != nil {
-			return &exitError{code: res.ExitCode, err: err, quiet: true}
-		}
-		return nil
-	}
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(res)
 	if err != nil {
-		return &exitError{code: res.ExitCode, err: err}
+		return &exitError{code: res.ExitCode, err: err, quiet: true}
 	}
-	fmt.Fprintf(out, "%s: %s drained in %s\n", job.inst.Service, job.inst.Key(), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -85,14 +85,29 @@ func prestopCommand() *ucli.Command {
 // prestopAdminOnly drives an app that links lameduck: its own protocol does
 // the registries and the drain.
 func prestopAdminOnly(c *ucli.Context) error {
+	if err := checkJobFlags(c); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(c.Context, c.Duration("budget"))
 	defer cancel()
-	p := newProgress(c.App.Writer, c.String("output") == "json")
+	asJSON := c.String("output") == "json"
+	p := newProgress(c.App.Writer, asJSON)
 	start := time.Now()
-	phase, _, err := followAdmin(ctx, c.String("admin"), c.String("admin-token"), p)
+	phase, late, err := followAdmin(ctx, c.String("admin"), c.String("admin-token"), p)
 	p.done()
+	code := ExitOK
 	if err != nil {
-		return &exitError{code: ExitFailed, err: err}
+		code = ExitFailed
+		if ctx.Err() != nil { // the deadline, as in plain mode
+			code = ExitForced
+		}
+	}
+	if asJSON {
+		res := Result{ExitCode: code, DurationMS: time.Since(start).Milliseconds(), AdminPhase: phase, LateRequests: late}
+		return printResult(c.App.Writer, res, err)
+	}
+	if err != nil {
+		return &exitError{code: code, err: err}
 	}
 	fmt.Fprintf(c.App.Writer, "%s after %s\n", phase, time.Since(start).Round(time.Millisecond))
 	return nil
