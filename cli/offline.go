@@ -71,6 +71,9 @@ func offlineCommand() *ucli.Command {
 		Action: func(c *ucli.Context) error {
 			// Before parseOfflineJob opens the registries, which only
 			// runOfflineJob closes.
+			if c.Int("pid") != 0 && !c.Bool("stop") {
+				return badInput("--pid %d is only used with --stop; add --stop to end that process once drained", c.Int("pid"))
+			}
 			if c.Bool("stop") && c.String("admin") == "" && c.Int("pid") == 0 {
 				return badInput("--stop needs --admin (a lameduck app stops itself) or --pid")
 			}

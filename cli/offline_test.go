@@ -2,6 +2,8 @@ package cli
 
 import (
 	"encoding/json"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -94,4 +96,15 @@ func TestOfflineMemoryRegistryAddrIsIdempotent(t *testing.T) {
 	if !strings.Contains(stdout, "web: 127.0.0.1:8080 drained in ") {
 		t.Fatalf("want the summary line \"web: 127.0.0.1:8080 drained in ...\", got:\n%s", stdout)
 	}
+}
+
+// --pid alone would send a signal the user did not ask for.
+func TestOfflinePidNeedsStop(t *testing.T) {
+	t.Parallel()
+	code, stdout, stderr := run(t, "offline", "--registry", "consul://127.0.0.1:1", "--service", "web", "--addr", "127.0.0.1:8080",
+		"--pid", strconv.Itoa(os.Getpid()))
+	if code != ExitBadInput {
+		t.Fatalf("want exit code %d, got %d\nstdout: %q\nstderr: %q", ExitBadInput, code, stdout, stderr)
+	}
+	checkOneLine(t, stdout, stderr, "only used with --stop")
 }

@@ -42,7 +42,9 @@ func prestopCommand() *ucli.Command {
 			if !c.IsSet("budget") {
 				_ = c.Set("budget", (grace - margin).String())
 			}
-			if c.String("admin") != "" && len(c.StringSlice("registry")) == 0 {
+			// --admin means an app that links lameduck: it handles its
+			// registries itself, whatever LAMEDUCK_REGISTRY says.
+			if c.String("admin") != "" && !c.IsSet("port") {
 				return prestopAdminOnly(c)
 			}
 			port := c.Int("port")

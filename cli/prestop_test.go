@@ -132,3 +132,17 @@ func TestPrestopAdminJSON(t *testing.T) {
 		t.Fatalf("want outcome forced, exit_code %d, admin_phase Draining and the error, got %+v", ExitForced, res)
 	}
 }
+
+// --admin selects the admin mode even when the pod's environment names a
+// registry, as a shared ConfigMap might.
+func TestPrestopAdminWinsOverRegistryEnv(t *testing.T) {
+	// Sets an environment variable: not parallel.
+	t.Setenv(EnvRegistry, "consul://127.0.0.1:8500")
+	code, stdout, stderr := run(t, "prestop", "--admin", "http://127.0.0.1:1", "--grace-period", "3s", "--margin", "1s")
+	if code == ExitOK || code == ExitBadInput {
+		t.Fatalf("want the admin mode's runtime failure (nothing answers), got exit %d\nstdout: %q\nstderr: %q", code, stdout, stderr)
+	}
+	if !strings.Contains(stderr, "nothing answers at http://127.0.0.1:1") {
+		t.Fatalf("want the admin endpoint named, got %q", stderr)
+	}
+}
