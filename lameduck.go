@@ -47,18 +47,44 @@ const (
 // it. Consul accepts only letters, digits, '_' and '-' in metadata keys.
 const MetaAdmin = "lameduck_admin"
 
-// ExitCode maps Run's error to a process exit code.
+// ExitCode maps Run's error (or the coordinator's) to a process exit code:
+// ExitForced when the drain or the stop was cut short (the deadline or a
+// second signal), ExitRegistry when only the registry work failed or ran
+// out of time (the drain itself finished), ExitFailed otherwise.
 func ExitCode(err error) int {
-	var re *registry.Error
-	switch {
-	case err == nil:
+	if err == nil {
 		return ExitOK
-	case errors.Is(err, drain.ErrDeadline), errors.Is(err, drain.ErrForced):
+	}
+	if errors.Is(err, drain.ErrForced) {
 		return ExitForced
-	case errors.As(err, &re):
+	}
+	registryTrouble := false
+	var pe *drain.PhaseError
+	var re *registry.Error
+	for _, e := range leaves(err) {
+		switch {
+		case errors.As(e, &pe) && pe.Phase >= drain.Draining:
+			return ExitForced
+		case errors.As(e, &pe), errors.As(e, &re):
+			registryTrouble = true
+		}
+	}
+	if registryTrouble {
 		return ExitRegistry
 	}
 	return ExitFailed
+}
+
+// leaves flattens the errors.Join tree of err.
+func leaves(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, leaves(e)...)
+		}
+		return out
+	}
+	return []error{err}
 }
 
 // Option configures an App.

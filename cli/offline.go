@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -247,7 +248,7 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 	opts := []drain.Option{
 		drain.WithRegistries(regs...),
 		drain.WithInstance(inst),
-		drain.WithBudget(job.budget),
+		drain.WithBudget(job.registryBudget()),
 		drain.WithQuietWindow(0), // the drain itself happens in the instance
 		drain.WithStopReserve(0),
 		drain.WithEventHook(func(e drain.Event) {
@@ -284,7 +285,10 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 	if err != nil {
 		return &exitError{code: lameduck.ExitBadInput, err: err}
 	}
-	rep, regErr := coord.Offline(ctx)
+	// The coordinator keeps its own deadline; waiting on ctx would lose its
+	// report at the very moment it matters.
+	coord.Start()
+	rep, regErr := coord.Wait(context.Background())
 	for _, r := range rep.Registries {
 		res.Registries = append(res.Registries, registryResult{Name: r.Name, State: r.State, ConfirmLatencyMS: r.ConfirmLatency.Milliseconds(), Error: r.Error})
 	}
@@ -319,27 +323,49 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 	return errors.Join(errs...)
 }
 
+// registryBudget is the registries' share of the budget: all of it when
+// nothing follows, half when a drain (the admin endpoint's, or the TCP
+// count) must still fit after them.
+func (job *offlineJob) registryBudget() time.Duration {
+	if job.adminURL != "" || job.drainLocal != nil {
+		return job.budget / 2
+	}
+	return job.budget
+}
+
 // resolveInstance finds the instance in the registries' lists, so that an
 // ID alone or an address alone is enough to name it.
 func resolveInstance(ctx context.Context, regs []registry.Registry, want registry.Instance) (registry.Instance, error) {
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// Each registry is asked apart, briefly, so that one that cannot be
+	// reached delays the offline by seconds, not by the whole budget; the
+	// coordinator then reports it.
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	w, err := registry.Multi(regs).Watch(wctx, want.Service)
-	if err != nil {
-		return want, err
+	found := make(chan registry.Instance, len(regs))
+	var wg sync.WaitGroup
+	for _, r := range regs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			list, err := listOnce(ctx, r, want.Service)
+			if err != nil {
+				return
+			}
+			for _, in := range list {
+				if (want.ID != "" && in.ID == want.ID) || (want.Address != "" && in.Address == want.Address && in.Port == want.Port) {
+					found <- in
+					return
+				}
+			}
+		}()
 	}
-	defer w.Stop()
-	list, err := w.Next(wctx)
-	if err != nil {
-		return want, fmt.Errorf("offline: list instances of %q: %w", want.Service, err)
-	}
-	for _, in := range list {
-		if (want.ID != "" && in.ID == want.ID) || (want.Address != "" && in.Address == want.Address && in.Port == want.Port) {
-			return in, nil
-		}
+	go func() { wg.Wait(); close(found) }()
+	if in, ok := <-found; ok {
+		return in, nil // the registry's own view, with the ID it knows the instance by
 	}
 	if want.Address != "" {
-		// Not listed (already gone, or disabled): still make sure it is out.
+		// Not listed (already gone, disabled, or the registry is down):
+		// still make sure it is out.
 		return want, nil
 	}
 	return want, &exitError{code: lameduck.ExitBadInput, err: fmt.Errorf("offline: no instance with ID %q in %q; give --addr host:port, or check the ID with `lameduck status`", want.ID, want.Service)}

@@ -317,14 +317,7 @@ func (c *Coordinator) run(start time.Time) {
 	defer cancelReg()
 
 	c.enter(Deregistering)
-	ok, watches := c.deregisterAll(regCtx)
-	defer func() {
-		for _, g := range watches {
-			if g != nil {
-				g.Stop()
-			}
-		}
-	}()
+	ok := c.takeOut(regCtx)
 	var lastDereg time.Time
 	for k := range c.regs {
 		if ok[k] {
@@ -332,15 +325,15 @@ func (c *Coordinator) run(start time.Time) {
 		}
 	}
 	if regCtx.Err() != nil {
-		cut(Deregistering, regCtx)
-	}
-
-	c.enter(Confirming)
-	if regCtx.Err() == nil {
-		c.confirmAll(regCtx, ok, watches)
-		if regCtx.Err() != nil {
-			cut(Confirming, regCtx)
+		// Name the phase that ran out: removal, if any registry never
+		// removed the instance; otherwise confirmation.
+		p := Confirming
+		for k := range ok {
+			if !ok[k] {
+				p = Deregistering
+			}
 		}
+		cut(p, regCtx)
 	}
 	for k, st := range c.Status().Registries {
 		if st.Error != "" {
@@ -418,92 +411,99 @@ func (c *Coordinator) until(parent context.Context, t time.Time) (context.Contex
 	return ctx, func() { timer.Stop(); cancel(context.Canceled) }
 }
 
-// deregisterAll removes (or disables) the instance from every registry in
-// parallel, each retrying with backoff until it succeeds or ctx ends. Each
-// registry's watch is opened first, so that confirmation comes from a push
-// that happened after the change, as consumers receive it.
-func (c *Coordinator) deregisterAll(ctx context.Context) ([]bool, []*registry.GoneWatch) {
+// takeOut removes (or disables) the instance from every registry in
+// parallel and confirms each as soon as its own removal succeeded, so a slow
+// or unreachable registry delays no other. Each registry's watch is opened
+// before the removal, so that confirmation comes from a push that happened
+// after it, as consumers receive it. Calls are retried with backoff until
+// they succeed or ctx ends. The phase moves to Confirming once every removal
+// has ended. It reports which registries removed the instance.
+func (c *Coordinator) takeOut(ctx context.Context) []bool {
 	ok := make([]bool, len(c.o.regs))
-	watches := make([]*registry.GoneWatch, len(c.o.regs))
-	var wg sync.WaitGroup
+	var removing, all sync.WaitGroup
 	for k, r := range c.o.regs {
-		wg.Add(1)
+		removing.Add(1)
+		all.Add(1)
 		go func() {
-			defer wg.Done()
-			c.setReg(k, func(s *RegistryStatus) { s.State = "deregistering" })
-			err := c.retry(ctx, r, func() error {
-				c.setReg(k, func(s *RegistryStatus) { s.Attempts++ })
-				if watches[k] == nil {
-					g, err := registry.WatchGone(ctx, r, c.o.inst)
-					if err != nil {
-						return err
-					}
-					watches[k] = g
-				}
-				if c.o.disable {
-					return r.(registry.Disabler).Disable(ctx, c.o.inst)
-				}
-				return r.Deregister(ctx, c.o.inst)
-			})
+			defer all.Done()
+			g, err := c.remove(ctx, k, r)
+			removing.Done()
 			if err != nil {
 				c.setReg(k, func(s *RegistryStatus) { s.State, s.Error, s.err = "failed", err.Error(), err })
 				c.emit(Event{Kind: EventGaveUp, Registry: r.String(), Err: err})
 				return
 			}
-			now := c.o.clock.Now()
-			c.setReg(k, func(s *RegistryStatus) { s.State, s.deregisteredAt = "deregistered", now })
 			ok[k] = true
-			c.emit(Event{Kind: EventDeregistered, Registry: r.String()})
+			c.confirm(ctx, k, r, g)
 		}()
 	}
-	wg.Wait()
-	return ok, watches
+	removing.Wait()
+	c.enter(Confirming)
+	all.Wait()
+	return ok
 }
 
-// confirmAll waits, per registry, for its watch to drop the instance. A
-// watch that fails is reopened (with backoff) until ctx ends.
-func (c *Coordinator) confirmAll(ctx context.Context, ok []bool, watches []*registry.GoneWatch) {
-	var wg sync.WaitGroup
-	for k, r := range c.o.regs {
-		if !ok[k] {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g := watches[k]
-			err := c.retry(ctx, r, func() error {
-				if g == nil {
-					var err error
-					if g, err = registry.WatchGone(ctx, r, c.o.inst); err != nil {
-						return err
-					}
-				}
-				err := g.Wait(ctx)
-				if err != nil {
-					g.Stop()
-					g = nil
-				}
+// remove opens the watch and removes the instance from r, retrying.
+func (c *Coordinator) remove(ctx context.Context, k int, r registry.Registry) (*registry.GoneWatch, error) {
+	c.setReg(k, func(s *RegistryStatus) { s.State = "deregistering" })
+	var g *registry.GoneWatch
+	err := c.retry(ctx, r, func() error {
+		c.setReg(k, func(s *RegistryStatus) { s.Attempts++ })
+		if g == nil {
+			var err error
+			if g, err = registry.WatchGone(ctx, r, c.o.inst); err != nil {
 				return err
-			})
-			if g != nil {
-				g.Stop()
 			}
-			if err != nil {
-				c.setReg(k, func(s *RegistryStatus) { s.Error, s.err = "not confirmed: "+err.Error(), err })
-				c.emit(Event{Kind: EventGaveUp, Registry: r.String(), Err: err})
-				return
-			}
-			now := c.o.clock.Now()
-			var lat time.Duration
-			c.setReg(k, func(s *RegistryStatus) {
-				lat = now.Sub(s.deregisteredAt)
-				s.State, s.ConfirmLatency = "confirmed", lat
-			})
-			c.emit(Event{Kind: EventConfirmed, Registry: r.String(), Latency: lat})
-		}()
+		}
+		if c.o.disable {
+			return r.(registry.Disabler).Disable(ctx, c.o.inst)
+		}
+		return r.Deregister(ctx, c.o.inst)
+	})
+	if err != nil {
+		if g != nil {
+			g.Stop()
+		}
+		return nil, err
 	}
-	wg.Wait()
+	now := c.o.clock.Now()
+	c.setReg(k, func(s *RegistryStatus) { s.State, s.deregisteredAt = "deregistered", now })
+	c.emit(Event{Kind: EventDeregistered, Registry: r.String()})
+	return g, nil
+}
+
+// confirm waits for r's watch to drop the instance. A watch that fails is
+// reopened (with backoff) until ctx ends.
+func (c *Coordinator) confirm(ctx context.Context, k int, r registry.Registry, g *registry.GoneWatch) {
+	err := c.retry(ctx, r, func() error {
+		if g == nil {
+			var err error
+			if g, err = registry.WatchGone(ctx, r, c.o.inst); err != nil {
+				return err
+			}
+		}
+		err := g.Wait(ctx)
+		if err != nil {
+			g.Stop()
+			g = nil
+		}
+		return err
+	})
+	if g != nil {
+		g.Stop()
+	}
+	if err != nil {
+		c.setReg(k, func(s *RegistryStatus) { s.Error, s.err = "not confirmed: "+err.Error(), err })
+		c.emit(Event{Kind: EventGaveUp, Registry: r.String(), Err: err})
+		return
+	}
+	now := c.o.clock.Now()
+	var lat time.Duration
+	c.setReg(k, func(s *RegistryStatus) {
+		lat = now.Sub(s.deregisteredAt)
+		s.State, s.ConfirmLatency = "confirmed", lat
+	})
+	c.emit(Event{Kind: EventConfirmed, Registry: r.String(), Latency: lat})
 }
 
 // retry calls f until it succeeds or ctx ends, waiting the backoff policy's

@@ -307,15 +307,28 @@ func TestCoordinatorPhasesInOrder(t *testing.T) {
 		Phase Phase
 		Name  string
 	}
+	// A registry is confirmed as soon as its own removal succeeded, so its
+	// confirmation may come before or after the phase moves to Confirming
+	// (which waits for every removal); it must come after its removal.
 	var got []step
+	confirmedAt, deregisteredAt := -1, -1
 	for _, e := range h.seen {
+		switch e.Kind {
+		case EventConfirmed:
+			confirmedAt = len(got)
+			continue
+		case EventDeregistered:
+			deregisteredAt = len(got)
+		}
 		got = append(got, step{e.Kind, e.Phase, e.Registry + e.Hook})
+	}
+	if deregisteredAt < 0 || confirmedAt <= deregisteredAt {
+		t.Fatalf("want a confirmation after the removal, got removal at %d, confirmation at %d in %+v", deregisteredAt, confirmedAt, h.seen)
 	}
 	want := []step{
 		{EventPhase, Deregistering, ""},
 		{EventDeregistered, Deregistering, "fake://a"},
 		{EventPhase, Confirming, ""},
-		{EventConfirmed, Confirming, "fake://a"},
 		{EventPhase, Draining, ""},
 		{EventPhase, Stopping, ""},
 		{EventStopHook, Stopping, "db"},

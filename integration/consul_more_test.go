@@ -101,3 +101,43 @@ func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
 		}
 	}
 }
+
+// A service deregistered on purpose by another process (`lameduck offline`)
+// stays gone: the keeper restores registrations only for an agent that lost
+// its state.
+func TestConsulKeeperDoesNotFightADeregistration(t *testing.T) {
+	needConsul(t)
+	owner := newConsul(t, consul.WithCheck(consul.Check{TTL: 3 * time.Second}), consul.WithResync(200*time.Millisecond))
+	in := registrytest.DefaultInstance(registrytest.UniqueService(t), 1)
+	in.ID = in.Service + "-1"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := owner.Register(ctx, in); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	see := consulConsumer(t)
+	waitFor(t, ctx, "the instance visible", func() bool {
+		list, err := see(ctx, in.Service)
+		return err == nil && registry.Contains(list, in)
+	})
+	if err := newConsul(t).Deregister(ctx, in); err != nil {
+		t.Fatalf("deregister from another client: %v", err)
+	}
+	// Five resync intervals: a keeper that restored the service would have
+	// done so by then. Waiting on a real server that has nothing to report.
+	deadline := time.NewTimer(time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-deadline.C:
+			return
+		case <-tick.C:
+			list, err := see(ctx, in.Service)
+			if err == nil && registry.Contains(list, in) {
+				t.Fatalf("want the deregistered instance to stay gone, the keeper put it back")
+			}
+		}
+	}
+}

@@ -40,11 +40,24 @@ type client interface {
 	UpdateTTLOpts(checkID, output, status string, q *api.QueryOptions) error
 	AgentService(id string, q *api.QueryOptions) (*api.AgentService, *api.QueryMeta, error)
 	HealthService(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
+	// AgentNodeID is the agent's node ID, which a dev agent draws anew at
+	// every start: the keeper tells an agent that lost its state from a
+	// service that someone deregistered.
+	AgentNodeID(q *api.QueryOptions) (string, error)
 }
 
 type sdk struct {
 	*api.Agent
 	health *api.Health
+	raw    *api.Raw
+}
+
+func (s sdk) AgentNodeID(q *api.QueryOptions) (string, error) {
+	var self struct{ Config struct{ NodeID string } }
+	if _, err := s.raw.Query("/v1/agent/self", &self, q); err != nil {
+		return "", err
+	}
+	return self.Config.NodeID, nil
 }
 
 func (s sdk) AgentService(id string, q *api.QueryOptions) (*api.AgentService, *api.QueryMeta, error) {
@@ -216,7 +229,7 @@ func New(opts ...Option) (*Registry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("consul: configure client for %s: %w", name, err)
 		}
-		c = sdk{Agent: ac.Agent(), health: ac.Health()}
+		c = sdk{Agent: ac.Agent(), health: ac.Health(), raw: ac.Raw()}
 		closeIdle = tr.CloseIdleConnections
 	}
 	return &Registry{o: o, name: name, c: c, keepers: map[string]*keeper{}, closeIdle: closeIdle}, nil
@@ -294,11 +307,14 @@ func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 	if r.closed {
 		return r.wrap("register", errors.New("backend is closed"))
 	}
-	if k := r.keepers[id]; k != nil {
+	if k := r.keepers[id]; k != nil && !k.ended() {
 		k.setInstance(i)
 		return nil
 	}
 	k := newKeeper(r, i)
+	// Best effort: without it, the keeper restores a lost registration
+	// whatever the cause.
+	k.nodeID, _ = r.c.AgentNodeID((&api.QueryOptions{}).WithContext(ctx))
 	r.keepers[id] = k
 	r.wg.Add(1)
 	go func() { defer r.wg.Done(); k.run() }()

@@ -34,7 +34,8 @@ type healthReply struct {
 // fakeConsul is a client that records every call as a line in log and
 // answers from the fields the test sets. Every call wakes waitLog.
 type fakeConsul struct {
-	signal chan struct{} // capacity 1; written after every recorded call
+	nodeGen int           // AgentNodeID's answers
+	signal  chan struct{} // capacity 1; written after every recorded call
 
 	mu       sync.Mutex
 	log      []string
@@ -151,6 +152,13 @@ func (f *fakeConsul) HealthService(service, _ string, passing bool, q *api.Query
 }
 
 // set changes the fake's behaviour under its lock.
+func (f *fakeConsul) AgentNodeID(_ *api.QueryOptions) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nodeGen++ // a fake agent that restarts at every look: it always lost its state
+	return fmt.Sprintf("node-%d", f.nodeGen), nil
+}
+
 func (f *fakeConsul) set(change func(f *fakeConsul)) {
 	f.mu.Lock()
 	change(f)

@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -11,13 +12,18 @@ import (
 )
 
 // keeper holds one registration in place: it renews the TTL check and, when
-// the agent no longer knows the service (a restarted dev agent), registers
-// it again with the health and maintenance state it had.
+// the agent no longer knows the service because the agent lost its state (a
+// restarted dev agent, seen as a new node ID), registers it again with the
+// health and maintenance state it had. When the agent is the same one, the
+// service was deregistered on purpose (`lameduck offline` from another
+// process, an operator), and the keeper stops instead of fighting it.
 type keeper struct {
 	r      *Registry
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	nodeID string // the agent's node ID when registered; only the keeper's goroutine changes it after
 
 	mu       sync.Mutex
 	inst     registry.Instance
@@ -39,6 +45,19 @@ func (k *keeper) setHealth(h registry.Health, note string) {
 	k.mu.Unlock()
 }
 
+// ended reports whether the keeper has stopped keeping.
+func (k *keeper) ended() bool {
+	select {
+	case <-k.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// errRemovedElsewhere ends the keeper: the same agent dropped the service.
+var errRemovedElsewhere = errors.New("consul: the service was deregistered by someone else; no longer keeping it")
+
 // stop ends the keeper and waits for it.
 func (k *keeper) stop() {
 	k.cancel()
@@ -50,7 +69,11 @@ func (k *keeper) run() {
 	failures := 0
 	for {
 		wait := k.r.o.resync
-		if err := k.tick(); err != nil && k.ctx.Err() == nil {
+		err := k.tick()
+		if errors.Is(err, errRemovedElsewhere) {
+			return
+		}
+		if err != nil && k.ctx.Err() == nil {
 			wait = min(wait, k.r.o.backoff.Delay(failures))
 			failures++
 		} else {
@@ -85,6 +108,14 @@ func (k *keeper) tick() error {
 	if err == nil || !isNotFound(err) {
 		return err
 	}
+	node, err := k.r.c.AgentNodeID(q)
+	if err != nil {
+		return err
+	}
+	if k.nodeID != "" && node == k.nodeID {
+		return errRemovedElsewhere
+	}
+	k.nodeID = node
 	// The agent forgot us: register again, with the state we had.
 	if err := k.r.register(ctx, inst); err != nil {
 		return err

@@ -29,9 +29,19 @@
 // # Limits
 //
 // The kernel does not produce the tables atomically: while connections come
-// and go, a read can miss a connection or see one twice. A connection that
-// opens and closes between two polls is not seen at all. WaitIdle therefore
-// asks for the count to stay at 0 for a quiet window, not for a single 0.
+// and go, a read can miss a connection. (It can also print one twice; Count
+// drops such duplicates.) A connection that opens and closes between two
+// polls is not seen at all. WaitIdle therefore asks for the count to stay at
+// 0 for a quiet window, not for a single 0.
+//
+// The tables do not say which side opened a connection. An outbound
+// connection whose local port happens to equal the app's port counts as
+// inbound. The kernel picks such local ports from the ephemeral range
+// (net.ipv4.ip_local_port_range, 32768-60999 by default), and it does pick
+// one a listener holds when the addresses do not overlap (a connection from
+// 127.0.0.1 while the app listens on [::1], say). A port below the range
+// cannot be mistaken this way; with a port in it, WithAddrs narrows the
+// count to the listener's addresses.
 package conncount
 
 import (
@@ -80,20 +90,21 @@ func WithProcRoot(dir string) Option {
 
 // WithPID reads the tables of pid's network namespace
 // (<proc root>/<pid>/net/tcp) instead of the caller's own (<proc
-// root>/net/tcp). A sidecar that shares the app's PID namespace but not its
-// network namespace needs it. The process must be visible to the caller.
+// root>/net/tcp), for a caller outside the app's network namespace that can
+// see its process: the supervisor, or a node agent with the host's PID
+// namespace. Once the process has exited, reads fail with fs.ErrNotExist.
 func WithPID(pid int) Option {
 	return func(o *options) { o.pid, o.pidSet = pid, true }
 }
 
-// WithAddrs restricts the count to connections made to one of addrs, for a
-// network namespace where other processes listen on the same port at other
-// addresses. An unspecified address (0.0.0.0, ::) means the app listens on
-// all addresses. Connections are also counted whatever their address when a
-// wildcard listener holds the port, since the kernel then gives every
-// connection on the port to that listener: 0.0.0.0 covers IPv4 (including
-// IPv4-mapped IPv6) and :: covers everything, as a dual-stack listener does.
-// Without WithAddrs every connection on the port counts.
+// WithAddrs restricts the count (and Listening) to sockets whose local
+// address is one of addrs, for a network namespace where other processes
+// use the same port at other addresses. A wildcard covers more: 0.0.0.0
+// covers every IPv4 address, IPv4-mapped IPv6 included, and :: covers every
+// address, as a dual-stack listener does. A wildcard LISTEN socket on the
+// port counts as if it were among addrs, since the kernel gives that
+// listener every connection it covers. Without WithAddrs every socket on
+// the port counts. Repeated calls add to the list.
 func WithAddrs(addrs ...netip.Addr) Option {
 	return func(o *options) { o.addrs = append(o.addrs, addrs...) }
 }

@@ -112,6 +112,13 @@ func TestCountFixtures(t *testing.T) {
 			want:  3, wantListening: true,
 		},
 		{
+			// The kernel can print a row twice when the table changes
+			// between two read(2)s.
+			name:  "duplicate row counted once",
+			socks: concat(conns[:1], conns[:1], conns[3:], conns[3:]),
+			want:  2,
+		},
+		{
 			name:  "listener on another port",
 			socks: []sock{{"0.0.0.0:8081", "0.0.0.0:0", stateListen}},
 			want:  0, wantListening: false,

@@ -179,9 +179,9 @@ func field(b []byte) (f, rest []byte) {
 
 // clip shortens a line for an error message.
 func clip(b []byte) string {
-	const max = 80
-	if len(b) > max {
-		return string(b[:max]) + "..."
+	const limit = 80
+	if len(b) > limit {
+		return string(b[:limit]) + "..."
 	}
 	return string(b)
 }

@@ -6,7 +6,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -28,35 +30,35 @@ func TestCountRealSockets(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name          string
-		network, addr string // to listen on
+		network, addr string // to listen on, at a port listen picks
 		dial          string // host to dial
 		conns         int
-		opts          func(port int) []Option
+		opts          []Option
 		want          int // count while the connections are open
 		wantListening bool
 		clientCloses  bool // client closes first, leaving the server side in CLOSE_WAIT
 	}{
-		{name: "v4 none", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 0, want: 0, wantListening: true},
-		{name: "v4 one", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 1, want: 1, wantListening: true},
-		{name: "v4 many", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 20, want: 20, wantListening: true},
-		{name: "v4 client closes", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 3, want: 3, wantListening: true, clientCloses: true},
-		{name: "v6", network: "tcp6", addr: "[::1]:0", dial: "::1", conns: 5, want: 5, wantListening: true},
-		{name: "v4-mapped on dual stack", network: "tcp", addr: "[::]:0", dial: "127.0.0.1", conns: 5, want: 5, wantListening: true},
+		{name: "v4 none", network: "tcp4", addr: "127.0.0.1", dial: "127.0.0.1", conns: 0, want: 0, wantListening: true},
+		{name: "v4 one", network: "tcp4", addr: "127.0.0.1", dial: "127.0.0.1", conns: 1, want: 1, wantListening: true},
+		{name: "v4 many", network: "tcp4", addr: "127.0.0.1", dial: "127.0.0.1", conns: 20, want: 20, wantListening: true},
+		{name: "v4 client closes", network: "tcp4", addr: "127.0.0.1", dial: "127.0.0.1", conns: 3, want: 3, wantListening: true, clientCloses: true},
+		{name: "v6", network: "tcp6", addr: "::1", dial: "::1", conns: 5, want: 5, wantListening: true},
+		{name: "v4-mapped on dual stack", network: "tcp", addr: "::", dial: "127.0.0.1", conns: 5, want: 5, wantListening: true},
 		{
-			name: "addr matches", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 4, want: 4, wantListening: true,
-			opts: func(int) []Option { return []Option{WithAddrs(netip.MustParseAddr("127.0.0.1"))} },
+			name: "addr matches", network: "tcp4", addr: "127.0.0.1", dial: "127.0.0.1", conns: 4, want: 4, wantListening: true,
+			opts: []Option{WithAddrs(netip.MustParseAddr("127.0.0.1"))},
 		},
 		{
-			name: "addr differs", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 4, want: 0, wantListening: false,
-			opts: func(int) []Option { return []Option{WithAddrs(netip.MustParseAddr("127.0.0.2"))} },
+			name: "addr differs", network: "tcp4", addr: "127.0.0.1", dial: "127.0.0.1", conns: 4, want: 0, wantListening: false,
+			opts: []Option{WithAddrs(netip.MustParseAddr("127.0.0.2"))},
 		},
 		{
-			name: "wildcard listener", network: "tcp4", addr: "0.0.0.0:0", dial: "127.0.0.1", conns: 4, want: 4, wantListening: true,
-			opts: func(int) []Option { return []Option{WithAddrs(netip.MustParseAddr("192.0.2.1"))} },
+			name: "wildcard listener", network: "tcp4", addr: "0.0.0.0", dial: "127.0.0.1", conns: 4, want: 4, wantListening: true,
+			opts: []Option{WithAddrs(netip.MustParseAddr("192.0.2.1"))},
 		},
 		{
-			name: "own pid", network: "tcp4", addr: "127.0.0.1:0", dial: "127.0.0.1", conns: 2, want: 2, wantListening: true,
-			opts: func(int) []Option { return []Option{WithPID(os.Getpid())} },
+			name: "own pid", network: "tcp4", addr: "127.0.0.1", dial: "127.0.0.1", conns: 2, want: 2, wantListening: true,
+			opts: []Option{WithPID(os.Getpid())},
 		},
 	}
 	for _, tt := range tests {
@@ -64,11 +66,7 @@ func TestCountRealSockets(t *testing.T) {
 			t.Parallel()
 			ln := listen(t, tt.network, tt.addr)
 			port := ln.Addr().(*net.TCPAddr).Port
-			var opts []Option
-			if tt.opts != nil {
-				opts = tt.opts(port)
-			}
-			c, err := New(port, opts...)
+			c, err := New(port, tt.opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -110,22 +108,25 @@ func TestCountRealSockets(t *testing.T) {
 
 func TestListeningRealSockets(t *testing.T) {
 	t.Parallel()
-	// A socket that is bound but not listening holds the port, so no other
-	// process can start listening on it during the test.
+	// A socket that is bound but not listening holds the port at 127.0.0.1,
+	// so nothing else can listen there or on a wildcard during the test, and
+	// WithAddrs ignores listeners at other addresses.
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
+	var port int
+	for range 100 {
+		port = freePortCandidate(t)
+		if err = syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}); !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
 	}
-	sa, err := syscall.Getsockname(fd)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("bind 127.0.0.1:%d: %v", port, err)
 	}
-	port := sa.(*syscall.SockaddrInet4).Port
-	c, err := New(port)
+	c, err := New(port, WithAddrs(netip.MustParseAddr("127.0.0.1")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func TestListeningRealSockets(t *testing.T) {
 // them.
 func TestWaitIdleRealSockets(t *testing.T) {
 	t.Parallel()
-	ln := listen(t, "tcp4", "127.0.0.1:0")
+	ln := listen(t, "tcp4", "127.0.0.1")
 	port := ln.Addr().(*net.TCPAddr).Port
 	clients, servers := connect(t, ln, "127.0.0.1", 3)
 	defer closeAll(clients)
@@ -188,14 +189,42 @@ func TestWaitIdleRealSockets(t *testing.T) {
 	}
 }
 
-func listen(t *testing.T, network, addr string) net.Listener {
+// listen listens on host at a port below the ephemeral range. The kernel
+// may give a port in that range to an outbound connection from another
+// address or family while a listener holds it, and such a connection would
+// count as inbound (see the package doc); service ports sit below the range
+// for the same reason.
+func listen(t *testing.T, network, host string) net.Listener {
 	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatalf("listen %s %s: %v", network, addr, err)
+	var err error
+	for range 100 {
+		var ln net.Listener
+		ln, err = net.Listen(network, net.JoinHostPort(host, strconv.Itoa(freePortCandidate(t))))
+		if err == nil {
+			t.Cleanup(func() { ln.Close() })
+			return ln
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
 	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
+	t.Fatalf("listen %s on %s below the ephemeral range: %v", network, host, err)
+	return nil
+}
+
+// freePortCandidate returns a random port from 1024 up to the start of the
+// ephemeral range.
+func freePortCandidate(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil || lo <= 2048 {
+		t.Fatalf("want ip_local_port_range starting above 2048, got %q (%v)", b, err)
+	}
+	return 1024 + rand.N(lo-1024)
 }
 
 // connect dials n connections to ln's port on host and accepts them all.
