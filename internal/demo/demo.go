@@ -24,7 +24,7 @@ type Config struct {
 	Settle   time.Duration     // time between steps; default 1.5s
 	Budget   time.Duration     // lameduck's deadline budget; default 20s
 	Quiet    time.Duration     // lameduck's quiet window; default 250ms
-	Log      func(format string, args ...any)
+	Log      func(format string, args ...any) // progress lines; called one at a time
 }
 
 // Row is one line of the result table.
@@ -64,9 +64,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if cfg.Quiet <= 0 {
 		cfg.Quiet = drain.DefaultQuietWindow
 	}
-	logf := cfg.Log
-	if logf == nil {
-		logf = func(string, ...any) {}
+	// Events of several registries arrive concurrently; Log is called one
+	// at a time.
+	var logMu sync.Mutex
+	logf := func(format string, args ...any) {
+		if cfg.Log != nil {
+			logMu.Lock()
+			defer logMu.Unlock()
+			cfg.Log(format, args...)
+		}
 	}
 	reg := cfg.Registry
 	service := fmt.Sprintf("lameduck-demo-%06d", rand.IntN(1_000_000))
