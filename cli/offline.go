@@ -419,8 +419,10 @@ func followAdmin(ctx context.Context, url, token string, progress *progress) (st
 	}
 }
 
-// progress prints phase lines; on a terminal it rewrites one line.
+// progress prints phase lines; on a terminal it rewrites one line. It is
+// safe for concurrent use: registry events arrive from several goroutines.
 type progress struct {
+	mu    sync.Mutex
 	w     io.Writer
 	tty   bool
 	quiet bool
@@ -442,6 +444,8 @@ func (p *progress) say(phase, detail string) {
 	if p.quiet {
 		return
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	line := fmt.Sprintf("%7s  %-13s %s", time.Since(p.start).Round(time.Millisecond), phase, detail)
 	if p.tty {
 		if strings.HasPrefix(p.last, phase) {
@@ -462,6 +466,8 @@ func (p *progress) say(phase, detail string) {
 }
 
 func (p *progress) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.tty && p.last != "" {
 		fmt.Fprintln(p.w)
 	}
