@@ -94,6 +94,7 @@ type options struct {
 	drain      []drain.Option
 	adminAddr  string
 	adminToken string
+	adminSet   bool
 	ready      func(ctx context.Context) error
 	onEvent    func(drain.Event)
 	log        *slog.Logger
@@ -133,7 +134,7 @@ func WithReady(check func(ctx context.Context) error) Option {
 // loopback) and bearer token. A non-loopback address needs a token. An empty
 // address turns the endpoint off.
 func WithAdmin(addr, token string) Option {
-	return func(o *options) { o.adminAddr, o.adminToken = addr, token }
+	return func(o *options) { o.adminAddr, o.adminToken, o.adminSet = addr, token, true }
 }
 
 // WithEventHook receives every protocol event, after the App has logged it.
@@ -186,7 +187,7 @@ func New(inst registry.Instance, regs []registry.Registry, opts ...Option) (*App
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.adminAddr == "" && o.adminToken == "" {
+	if !o.adminSet {
 		o.adminAddr = admin.DefaultAddr
 	}
 	o.setDefaults()
@@ -321,8 +322,13 @@ func (a *App) run(ctx context.Context) error {
 		cancelTrigger()
 	}()
 
+	var regErr error
 	if err := a.becomeReady(trigger); err == nil {
-		a.register(trigger)
+		// A registration the registry refused for good cannot take traffic:
+		// go offline (the stop hooks still run) and say why.
+		if regErr = a.register(trigger); regErr != nil {
+			cancelTrigger()
+		}
 	}
 	<-trigger.Done()
 	stopWatch()
@@ -333,7 +339,7 @@ func (a *App) run(ctx context.Context) error {
 		case <-a.coord.Done():
 			_, err := a.coord.Wait(context.Background())
 			a.metrics.ObserveResult(err)
-			return err
+			return errors.Join(regErr, err)
 		case s := <-sig:
 			a.o.log.Warn("lameduck: second signal, forcing the stop", "signal", s.String())
 			a.coord.Force()
@@ -350,25 +356,33 @@ func (a *App) becomeReady(ctx context.Context) error {
 }
 
 // register registers the instance in every registry, each retried with
-// backoff until it succeeds or ctx ends.
-func (a *App) register(ctx context.Context) {
+// backoff until it succeeds or ctx ends. It returns the refusals that
+// retrying cannot change (registry.ErrRejected).
+func (a *App) register(ctx context.Context) error {
+	errs := make([]error, len(a.regs))
 	var wg sync.WaitGroup
-	for _, r := range a.regs {
+	for k, r := range a.regs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if a.retry(ctx, "register in "+r.String(), func(ctx context.Context) error { return r.Register(ctx, a.inst) }) == nil {
+			err := a.retry(ctx, "register in "+r.String(), func(ctx context.Context) error { return r.Register(ctx, a.inst) })
+			switch {
+			case err == nil:
 				a.o.log.Info("lameduck: registered", "registry", r.String(), "instance", a.inst.Key())
+			case errors.Is(err, registry.ErrRejected):
+				a.o.log.Error("lameduck: the registry refused the registration; going offline", "registry", r.String(), "err", err)
+				errs[k] = err
 			}
 		}()
 	}
 	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (a *App) retry(ctx context.Context, what string, f func(ctx context.Context) error) error {
 	for attempt := 0; ; attempt++ {
 		err := f(ctx)
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || errors.Is(err, registry.ErrRejected) {
 			return err
 		}
 		d := a.o.backoff.Delay(attempt)

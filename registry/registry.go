@@ -144,6 +144,11 @@ type HealthSetter interface {
 // capability that the caller asked for.
 var ErrNotSupported = errors.New("registry: not supported by this backend")
 
+// ErrRejected is wrapped by errors a registry answered with a refusal that
+// retrying will not change (a malformed request, a permission denied), as
+// opposed to an outage. Callers that retry stop on it.
+var ErrRejected = errors.New("registry: request rejected")
+
 // Error is an error from one named registry, so a caller acting on several
 // can tell which failed.
 type Error struct {

@@ -283,6 +283,10 @@ func (r *Registry) wrap(op string, err error) error {
 	if err == nil {
 		return nil
 	}
+	var se api.StatusError
+	if errors.As(err, &se) && se.Code >= 400 && se.Code < 500 && se.Code != http.StatusNotFound && se.Code != http.StatusTooManyRequests {
+		err = fmt.Errorf("%w: %w", registry.ErrRejected, err)
+	}
 	return &registry.Error{Registry: r.name, Op: op, Err: err}
 }
 
