@@ -253,7 +253,13 @@ type e2eLoad struct {
 // 20 requests.
 func e2eStartLoad(t *testing.T, service string, workers, want int, busy ...string) *e2eLoad {
 	t.Helper()
-	l := demo.NewLoad(newConsul(t), service, workers, want)
+	return e2eStartLoadOn(t, newConsul(t), service, workers, want, busy...)
+}
+
+// e2eStartLoadOn is e2eStartLoad over any registry's watch.
+func e2eStartLoadOn(t *testing.T, reg registry.Registry, service string, workers, want int, busy ...string) *e2eLoad {
+	t.Helper()
+	l := demo.NewLoad(reg, service, workers, want)
 	ctx, cancel := context.WithCancel(context.Background())
 	el := &e2eLoad{Load: l, cancel: cancel, done: make(chan struct{})}
 	go func() { el.err = l.Run(ctx); close(el.done) }()
@@ -265,7 +271,7 @@ func e2eStartLoad(t *testing.T, service string, workers, want int, busy ...strin
 	case <-el.done:
 		t.Fatalf("load stopped before it saw %d instances of %s: %v", want, service, el.err)
 	case <-deadline.C:
-		t.Fatalf("load: want %d instances of %s in Consul's watch within 30s, not yet", want, service)
+		t.Fatalf("load: want %d instances of %s in %s's watch within 30s, not yet", want, service, reg)
 	}
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
@@ -397,14 +403,22 @@ func (a *e2eApp) endpoint() string { return e2eEndpoint(a.port) }
 // listens. Instances still registered when the test ends are removed.
 func e2eStartLibraryApps(t *testing.T, bin, service string, n int) []*e2eApp {
 	t.Helper()
+	return e2eStartLibraryAppsOn(t, bin, "consul://"+consulAddr(), service, n)
+}
+
+// e2eStartLibraryAppsOn is e2eStartLibraryApps on the registry at regURL.
+func e2eStartLibraryAppsOn(t *testing.T, bin, regURL, service string, n int) []*e2eApp {
+	t.Helper()
 	ports := e2ePorts(t, 3*n)
 	apps := make([]*e2eApp, n)
 	for k := range apps {
 		h, g, a := ports[3*k], ports[3*k+1], ports[3*k+2]
 		id := fmt.Sprintf("%s-%d", service, h) // examples/app names itself so
-		e2eDeregisterLeftovers(t, id)          // runs after the child is killed
+		if strings.HasPrefix(regURL, "consul://") {
+			e2eDeregisterLeftovers(t, id) // runs after the child is killed
+		}
 		c := e2eStart(t, fmt.Sprintf("app[%d]", k), bin,
-			"-registry", "consul://"+consulAddr(), "-service", service,
+			"-registry", regURL, "-service", service,
 			"-http", e2eEndpoint(h), "-grpc", e2eEndpoint(g), "-admin", e2eEndpoint(a))
 		apps[k] = &e2eApp{child: c, id: id, port: h, admin: a}
 	}

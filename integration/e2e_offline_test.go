@@ -198,3 +198,42 @@ func e2eCheckUnreachable(t *testing.T, c *child, dead string, took, limit time.D
 		t.Errorf("%s: want the unreachable registry's address %s in its output, got\n%s", c.name, addr, c.output())
 	}
 }
+
+// The same operator's offline on Nacos: the app's ephemeral instance
+// belongs to its own connection, so the command takes it out by disabling
+// it, confirms through its own subscription, then follows the app's drain.
+func TestOfflineWaitCommandNacos(t *testing.T) {
+	needNacos(t)
+	// The children read the Nacos credentials from the environment.
+	t.Setenv("NACOS_USERNAME", nacosUser())
+	t.Setenv("NACOS_PASSWORD", nacosPass())
+	bins := e2eBuild(t, "lameduck", "app")
+	service := registrytest.UniqueService(t)
+	regURL := "nacos://" + nacosAddr()
+	apps := e2eStartLibraryAppsOn(t, bins["app"], regURL, service, 2)
+	load := e2eStartLoadOn(t, newNacos(t), service, 8, len(apps), apps[0].endpoint(), apps[1].endpoint())
+
+	target := apps[0]
+	off := e2eStart(t, "offline", bins["lameduck"], "offline",
+		"--registry", regURL, "--service", service, "--addr", target.endpoint(),
+		"--admin", "http://"+e2eEndpoint(target.admin), "--output", "json")
+	if !off.wait(60 * time.Second) {
+		t.Fatalf("offline: want it done within 60s (its budget is 30s), still running\n%s", off.output())
+	}
+	if !target.wait(30 * time.Second) {
+		t.Fatalf("%s: want it to exit by itself once offline, still running 30s after the command ended", target.name)
+	}
+	load.keepGoing(t, time.Second)
+	t.Logf("stdout:\n%s", off.stdout)
+	if code := off.exitCode(); code != 0 {
+		t.Fatalf("offline: want exit code 0, got %s\n%s", off.describe(), off.output())
+	}
+	res := e2eParseResult(t, off)
+	if res.Outcome != "drained" || len(res.Registries) != 1 || res.Registries[0].State != "confirmed" || res.AdminPhase != "Offline" {
+		t.Errorf("offline JSON: want drained, nacos confirmed, admin phase Offline; got %+v", res)
+	}
+	if code := target.exitCode(); code != 0 {
+		t.Errorf("%s: want exit code 0, got %s\n%s", target.name, target.describe(), target.output())
+	}
+	e2eCheckLoad(t, load, apps)
+}
