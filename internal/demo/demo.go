@@ -19,11 +19,11 @@ import (
 
 // Config shapes a demo run.
 type Config struct {
-	Registry registry.Registry // where the instances register; required
-	Workers  int               // concurrent load workers; default 8
-	Settle   time.Duration     // time between steps; default 1.5s
-	Budget   time.Duration     // lameduck's deadline budget; default 20s
-	Quiet    time.Duration     // lameduck's quiet window; default 250ms
+	Registry registry.Registry                // where the instances register; required
+	Workers  int                              // concurrent load workers; default 8
+	Settle   time.Duration                    // time between steps; default 1.5s
+	Budget   time.Duration                    // lameduck's deadline budget; default 20s
+	Quiet    time.Duration                    // lameduck's quiet window; default 250ms
 	Log      func(format string, args ...any) // progress lines; called one at a time
 }
 
