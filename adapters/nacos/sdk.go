@@ -1,6 +1,7 @@
 package nacos
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -134,7 +135,7 @@ func (l *sdkLogger) emit(level slog.Level, msg string) {
 		msg = strings.ReplaceAll(msg, s, "REDACTED")
 	}
 	l.mu.RUnlock()
-	slog.Default().Log(nil, level, msg, "component", "nacos-sdk")
+	slog.Default().Log(context.Background(), level, msg, "component", "nacos-sdk")
 }
 
 func (l *sdkLogger) Info(args ...any)                  {}

@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
-	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
@@ -27,7 +26,7 @@ const wait = 5 * time.Second
 // serve starts a gRPC server on an in-memory listener with both interceptors
 // and the health service hs, and returns a client for it. Everything stops
 // at the end of the test.
-func serve(t *testing.T, tr *drain.Tracker, hs healthgrpc.HealthServer, opts ...grpcdrain.Option) healthgrpc.HealthClient {
+func serve(t *testing.T, tr *drain.Tracker, hs healthpb.HealthServer, opts ...grpcdrain.Option) healthpb.HealthClient {
 	t.Helper()
 	unary, err := grpcdrain.UnaryServerInterceptor(tr, opts...)
 	if err != nil {
@@ -39,7 +38,7 @@ func serve(t *testing.T, tr *drain.Tracker, hs healthgrpc.HealthServer, opts ...
 	}
 	lis := bufconn.Listen(1 << 16)
 	srv := grpc.NewServer(grpc.UnaryInterceptor(unary), grpc.StreamInterceptor(stream))
-	healthgrpc.RegisterHealthServer(srv, hs)
+	healthpb.RegisterHealthServer(srv, hs)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	t.Cleanup(func() {
@@ -60,13 +59,13 @@ func serve(t *testing.T, tr *drain.Tracker, hs healthgrpc.HealthServer, opts ...
 		t.Fatalf("NewClient: want no error, got %v", err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	return healthgrpc.NewHealthClient(conn)
+	return healthpb.NewHealthClient(conn)
 }
 
 // blockingHealth is a health service whose Check and Watch block until
 // release is closed, so a test can look at the counts mid-call.
 type blockingHealth struct {
-	healthgrpc.UnimplementedHealthServer
+	healthpb.UnimplementedHealthServer
 	entered chan struct{} // one send per handler call
 	release chan struct{}
 }
@@ -87,7 +86,7 @@ func (b *blockingHealth) Check(ctx context.Context, _ *healthpb.HealthCheckReque
 	}
 }
 
-func (b *blockingHealth) Watch(_ *healthpb.HealthCheckRequest, ss healthgrpc.Health_WatchServer) error {
+func (b *blockingHealth) Watch(_ *healthpb.HealthCheckRequest, ss healthpb.Health_WatchServer) error {
 	b.entered <- struct{}{}
 	select {
 	case <-b.release:
@@ -99,7 +98,7 @@ func (b *blockingHealth) Watch(_ *healthpb.HealthCheckRequest, ss healthgrpc.Hea
 
 // call makes a unary Check or reads a Watch stream to its end, and returns
 // the call's status code.
-func call(ctx context.Context, c healthgrpc.HealthClient, stream bool) codes.Code {
+func call(ctx context.Context, c healthpb.HealthClient, stream bool) codes.Code {
 	if !stream {
 		_, err := c.Check(ctx, &healthpb.HealthCheckRequest{})
 		return status.Code(err)
