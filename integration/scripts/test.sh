@@ -29,4 +29,10 @@ done
 # A missing server now fails the integration tests instead of skipping them.
 export LAMEDUCK_INTEGRATION=1
 go vet ./...
-go test -race -count=1 -timeout 20m ./...
+# Every package of ours runs with the race detector. The integration tests
+# run without it: nacos-sdk-go v2.3.2 races with itself (its push handler and
+# its reconnect's redoSubscribe both call ServiceInfoHolder.ProcessService),
+# which would fail tests at random for a bug that is not ours. Our Nacos
+# adapter runs under -race in its unit tests, against a fake SDK.
+go test -race -count=1 -timeout 20m $(go list ./... | grep -v '/integration$')
+go test -count=1 -timeout 20m ./integration/...
