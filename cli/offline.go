@@ -205,7 +205,14 @@ func runOfflineJob(c *ucli.Context, job *offlineJob) error {
 	if err != nil {
 		return &exitError{code: res.ExitCode, err: err}
 	}
-	fmt.Fprintf(out, "%s: %s drained in %s\n", job.inst.Service, job.inst.Key(), time.Since(start).Round(time.Millisecond))
+	took := time.Since(start).Round(time.Millisecond)
+	if job.adminURL == "" && job.drainLocal == nil {
+		// Nothing here watched the instance's own requests: say so.
+		fmt.Fprintf(out, "%s: %s is out of every registry, confirmed, in %s (its in-flight requests were not followed; give --admin to follow its drain)\n",
+			job.inst.Service, job.inst.Key(), took)
+		return nil
+	}
+	fmt.Fprintf(out, "%s: %s drained in %s\n", job.inst.Service, job.inst.Key(), took)
 	return nil
 }
 
