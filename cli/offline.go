@@ -198,6 +198,9 @@ func runOfflineJob(c *ucli.Context, job *offlineJob) error {
 	err := job.run(ctx, progress, &res)
 	res.DurationMS = time.Since(start).Milliseconds()
 	res.ExitCode = ExitCode(err)
+	if err == nil && job.adminURL == "" && job.drainLocal == nil {
+		res.Outcome = "deregistered" // nothing here followed its requests
+	}
 	progress.done()
 	if job.json {
 		return printResult(out, res, err)
@@ -219,10 +222,12 @@ func runOfflineJob(c *ucli.Context, job *offlineJob) error {
 // printResult prints res, completed from err, as one JSON object, and
 // returns err as a quiet exitError with res.ExitCode, or nil.
 func printResult(out io.Writer, res Result, err error) error {
-	res.Outcome = map[int]string{
-		lameduck.ExitOK: "drained", lameduck.ExitRegistry: "registry-unreachable",
-		lameduck.ExitForced: "forced", lameduck.ExitBadInput: "bad-input",
-	}[res.ExitCode]
+	if res.Outcome == "" {
+		res.Outcome = map[int]string{
+			lameduck.ExitOK: "drained", lameduck.ExitRegistry: "registry-unreachable",
+			lameduck.ExitForced: "forced", lameduck.ExitBadInput: "bad-input",
+		}[res.ExitCode]
+	}
 	if res.Outcome == "" {
 		res.Outcome = "failed"
 	}
