@@ -1,0 +1,318 @@
+package supervisor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lameduck/lameduck/adapters/memory"
+	"github.com/lameduck/lameduck/internal/clock"
+	"github.com/lameduck/lameduck/registry"
+)
+
+// wait bounds every wait in these tests.
+const wait = 20 * time.Second
+
+var childBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "supervisor-child-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	childBin = filepath.Join(dir, "child")
+	out, err := exec.Command("go", "build", "-o", childBin, "./testdata/child").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build test child: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// recorded is an event with what consumers of the service saw at the moment
+// the hook was called.
+type recorded struct {
+	Event
+	visible    int
+	timerAdded <-chan struct{} // closed when the next timer after the event is armed
+}
+
+type harness struct {
+	t      *testing.T
+	clk    *clock.Fake
+	reg    *memory.Registry
+	inst   registry.Instance
+	url    string
+	out    *syncBuffer
+	events chan recorded
+
+	mu   sync.Mutex
+	pids []int
+	seen []string
+
+	sup    *Supervisor
+	cancel context.CancelFunc
+	runErr chan error
+}
+
+type harnessOpts struct {
+	mode        string
+	ready       func(h *harness) func(context.Context) error // default HTTPCheck of /healthz
+	noAdvance   bool                                         // do not advance the clock on EventNotReady
+	noRegistry  bool
+	onEvent     func(Event) // called synchronously from the hook, first
+	supervisorO []Option
+}
+
+// newHarness builds a supervisor over the test child and the memory
+// registry. Unless noAdvance, the fake clock moves by the check interval
+// each time readiness fails, so readiness polling runs at full speed.
+func newHarness(t *testing.T, ho harnessOpts) *harness {
+	t.Helper()
+	reg, err := memory.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	h := &harness{
+		t:      t,
+		clk:    clock.NewFake(time.Unix(1_700_000_000, 0)),
+		reg:    reg,
+		inst:   registry.Instance{Service: "web", Address: "127.0.0.1", Port: port},
+		url:    fmt.Sprintf("http://127.0.0.1:%d", port),
+		out:    &syncBuffer{},
+		events: make(chan recorded, 1000),
+		runErr: make(chan error, 1),
+	}
+	if ho.mode == "" {
+		ho.mode = "serve"
+	}
+	spec := Spec{
+		Name: "web",
+		Path: childBin,
+		Args: []string{"-mode=" + ho.mode, "-addr=127.0.0.1:" + strconv.Itoa(port)},
+	}
+	if !ho.noRegistry {
+		spec.Instance, spec.Registries = h.inst, []registry.Registry{reg}
+	}
+	if ho.ready != nil {
+		spec.Ready = ho.ready(h)
+	} else {
+		spec.Ready = HTTPCheck(h.url + "/healthz")
+	}
+	hook := func(e Event) {
+		if ho.onEvent != nil {
+			ho.onEvent(e)
+		}
+		r := recorded{Event: e, visible: len(reg.Instances("web")), timerAdded: h.clk.TimerAdded()}
+		if e.Kind == EventStarted {
+			h.mu.Lock()
+			h.pids = append(h.pids, e.PID)
+			h.mu.Unlock()
+		}
+		if e.Kind == EventNotReady && !ho.noAdvance {
+			// Readiness polls spin until the child listens: count them,
+			// do not queue them.
+			h.clk.Advance(e.Delay) // the timer is armed before the event
+			return
+		}
+		h.events <- r
+	}
+	opts := append([]Option{
+		withClock(h.clk),
+		WithEventHook(hook),
+		WithOutput(h.out, h.out),
+		WithBudget(5 * time.Second),
+		WithConnQuiet(20 * time.Millisecond),
+	}, ho.supervisorO...)
+	h.sup, err = New(spec, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		h.stop()
+		h.checkNoProcessGroups()
+	})
+	return h
+}
+
+func (h *harness) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.runErr <- h.sup.Run(ctx) }()
+}
+
+// stop cancels Run's ctx and waits for Run to return; idempotent.
+func (h *harness) stop() error {
+	if h.cancel == nil {
+		return nil
+	}
+	h.cancel()
+	select {
+	case err := <-h.runErr:
+		h.runErr <- err // for a later call
+		return err
+	case <-time.After(wait):
+		h.t.Fatalf("Run did not return within %v of cancel; events: %s", wait, h.history())
+		return nil
+	}
+}
+
+// result waits for Run to return on its own.
+func (h *harness) result() error {
+	h.t.Helper()
+	select {
+	case err := <-h.runErr:
+		h.runErr <- err
+		return err
+	case <-time.After(wait):
+		h.t.Fatalf("Run did not return within %v; events: %s", wait, h.history())
+		return nil
+	}
+}
+
+// next returns the next event of kind k, skipping others (they are kept
+// in the history).
+func (h *harness) next(k EventKind) recorded {
+	h.t.Helper()
+	timeout := time.After(wait)
+	for {
+		select {
+		case e := <-h.events:
+			h.note(e)
+			if e.Kind == k {
+				return e
+			}
+		case <-timeout:
+			h.t.Fatalf("want event %v within %v, got none; events so far: %s", k, wait, h.history())
+		}
+	}
+}
+
+// nextOf returns the next event whose kind is one of ks.
+func (h *harness) nextOf(ks ...EventKind) recorded {
+	h.t.Helper()
+	timeout := time.After(wait)
+	for {
+		select {
+		case e := <-h.events:
+			h.note(e)
+			for _, k := range ks {
+				if e.Kind == k {
+					return e
+				}
+			}
+		case <-timeout:
+			h.t.Fatalf("want one of %v within %v, got none; events so far: %s", ks, wait, h.history())
+		}
+	}
+}
+
+// drainEvents moves every buffered event to the history and returns them.
+func (h *harness) drainEvents() []recorded {
+	var got []recorded
+	for {
+		select {
+		case e := <-h.events:
+			h.note(e)
+			got = append(got, e)
+		default:
+			return got
+		}
+	}
+}
+
+func (h *harness) note(e recorded) {
+	s := e.Kind.String()
+	if e.Kind == EventDrain {
+		s += "/" + e.Drain.Kind.String() + "/" + e.Drain.Phase.String()
+	}
+	if e.Kind == EventSignaled {
+		s += "/" + e.Signal.String()
+	}
+	h.mu.Lock()
+	h.seen = append(h.seen, s)
+	h.mu.Unlock()
+}
+
+func (h *harness) history() string {
+	h.drainEvents()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return strings.Join(h.seen, " ") + "\noutput:\n" + h.out.String()
+}
+
+// armed waits for the timer that follows e.
+func (h *harness) armed(e recorded) {
+	h.t.Helper()
+	select {
+	case <-e.timerAdded:
+	case <-time.After(wait):
+		h.t.Fatalf("want a timer armed after %v, got none; events: %s", e.Kind, h.history())
+	}
+}
+
+// get asks the child to do something; the child may die before answering.
+func (h *harness) get(path string) {
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, h.url+path, nil)
+	if resp, err := checkClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+}
+
+// checkNoProcessGroups fails if any child's process group still exists.
+func (h *harness) checkNoProcessGroups() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, pid := range h.pids {
+		if err := syscall.Kill(-pid, 0); !errors.Is(err, syscall.ESRCH) {
+			h.t.Errorf("process group %d: want ESRCH after Run returned, got %v", pid, err)
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,175 @@
+package supervisor
+
+import (
+	"io"
+	"os"
+	"time"
+
+	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/internal/backoff"
+	"github.com/lameduck/lameduck/internal/clock"
+)
+
+// Defaults for a Supervisor.
+const (
+	DefaultFailureThreshold = 5                // suture's default
+	DefaultFailureHalfLife  = 30 * time.Second // suture's FailureDecay
+	DefaultCheckInterval    = 100 * time.Millisecond
+	DefaultCheckTimeout     = 2 * time.Second
+	DefaultLiveFailures     = 3
+	DefaultConnQuiet        = 250 * time.Millisecond
+	DefaultDeregTimeout     = 10 * time.Second
+	connPoll                = 50 * time.Millisecond
+)
+
+// Option configures a Supervisor.
+type Option func(*options)
+
+type options struct {
+	threshold     float64
+	halfLife      time.Duration
+	restart       backoff.Policy
+	regRetry      backoff.Policy
+	checkInterval time.Duration
+	checkTimeout  time.Duration
+	liveInterval  time.Duration
+	liveFailures  int
+	budget        time.Duration
+	stopGrace     time.Duration
+	connQuiet     time.Duration
+	deregTimeout  time.Duration
+	drainOpts     []drain.Option
+	stdout        io.Writer
+	stderr        io.Writer
+	onEvent       func(Event)
+	clock         clock.Clock
+}
+
+func (o *options) setDefaults() {
+	if o.threshold == 0 {
+		o.threshold = DefaultFailureThreshold
+	}
+	if o.halfLife == 0 {
+		o.halfLife = DefaultFailureHalfLife
+	}
+	if o.checkInterval == 0 {
+		o.checkInterval = DefaultCheckInterval
+	}
+	if o.checkTimeout == 0 {
+		o.checkTimeout = DefaultCheckTimeout
+	}
+	if o.liveInterval == 0 {
+		o.liveInterval = time.Second
+	}
+	if o.liveFailures == 0 {
+		o.liveFailures = DefaultLiveFailures
+	}
+	if o.budget == 0 {
+		o.budget = drain.DefaultBudget
+	}
+	if o.stopGrace == 0 {
+		o.stopGrace = min(5*time.Second, o.budget/5)
+	}
+	if o.connQuiet == 0 {
+		o.connQuiet = DefaultConnQuiet
+	}
+	if o.deregTimeout == 0 {
+		o.deregTimeout = DefaultDeregTimeout
+	}
+	if o.stdout == nil {
+		o.stdout = os.Stdout
+	}
+	if o.stderr == nil {
+		o.stderr = os.Stderr
+	}
+	if o.onEvent == nil {
+		o.onEvent = func(Event) {}
+	}
+	o.clock = clock.OrReal(o.clock)
+}
+
+// WithRestartIntensity sets the restart-intensity limit: every abnormal exit
+// adds 1 to a failure count that halves every halfLife; when the count
+// exceeds threshold, Run gives up. The defaults are 5 and 30s, so a child
+// that crashes six times in quick succession is given up on, and one that
+// crashes once an hour is restarted forever.
+func WithRestartIntensity(threshold float64, halfLife time.Duration) Option {
+	return func(o *options) { o.threshold, o.halfLife = threshold, halfLife }
+}
+
+// WithBackoff sets the delay before a restart: initial for the first
+// failure, doubling per failure in the decayed count, capped at max, ±20%
+// jitter. The defaults are internal/backoff's (100ms, 5s).
+func WithBackoff(initial, max time.Duration) Option {
+	return func(o *options) { o.restart = backoff.Policy{Initial: initial, Max: max} }
+}
+
+// WithCheckInterval sets how often the readiness check is retried until it
+// passes. The default is 100ms.
+func WithCheckInterval(d time.Duration) Option {
+	return func(o *options) { o.checkInterval = d }
+}
+
+// WithCheckTimeout bounds each call of Spec.Ready and Spec.Live: its ctx
+// ends after d, and the call counts as failed. The default is 2s.
+func WithCheckTimeout(d time.Duration) Option {
+	return func(o *options) { o.checkTimeout = d }
+}
+
+// WithLiveness sets how often Spec.Live runs once the child is registered
+// (default 1s) and how many failures in a row mark the child dead (default
+// 3). Without Spec.Live this option does nothing.
+func WithLiveness(every time.Duration, failures int) Option {
+	return func(o *options) { o.liveInterval, o.liveFailures = every, failures }
+}
+
+// WithBudget sets the one deadline for taking the child offline when Run's
+// ctx ends: deregistration, confirmation, connection drain, SIGTERM and the
+// wait for exit. At the deadline the child's process group gets SIGKILL.
+// The default is drain.DefaultBudget (30s).
+func WithBudget(d time.Duration) Option {
+	return func(o *options) { o.budget = d }
+}
+
+// WithStopGrace sets how much of the budget is kept for the child to exit
+// after SIGTERM: the wait for idle connections ends this long before the
+// deadline. The default is a fifth of the budget, at most 5s.
+func WithStopGrace(d time.Duration) Option {
+	return func(o *options) { o.stopGrace = d }
+}
+
+// WithConnQuiet sets how long the instance's port must have no established
+// connection before the child gets SIGTERM. The default is 250ms.
+func WithConnQuiet(d time.Duration) Option {
+	return func(o *options) { o.connQuiet = d }
+}
+
+// WithDeregisterTimeout bounds the retries of the deregistration that
+// follows a child's death. The default is 10s.
+func WithDeregisterTimeout(d time.Duration) Option {
+	return func(o *options) { o.deregTimeout = d }
+}
+
+// WithDrainOptions passes options to the offline protocol (drain.New), after
+// the supervisor's own: drain.WithMinWait, drain.WithDisable, and so on.
+// Budget, registries, instance and event hook are the supervisor's.
+func WithDrainOptions(opts ...drain.Option) Option {
+	return func(o *options) { o.drainOpts = append(o.drainOpts, opts...) }
+}
+
+// WithOutput sets where the child's stdout and stderr go, each line
+// prefixed with "[name] ". The defaults are os.Stdout and os.Stderr.
+func WithOutput(stdout, stderr io.Writer) Option {
+	return func(o *options) { o.stdout, o.stderr = stdout, stderr }
+}
+
+// WithEventHook sets the one function that receives every Event. It is
+// called synchronously, from several goroutines at once, so it must be
+// quick and safe for concurrent use.
+func WithEventHook(f func(Event)) Option {
+	return func(o *options) { o.onEvent = f }
+}
+
+func withClock(c clock.Clock) Option {
+	return func(o *options) { o.clock = c }
+}

@@ -1,0 +1,157 @@
+package supervisor
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// child is one running (or exited) child process. Its PID is also its
+// process group ID.
+type child struct {
+	pid   int
+	done  chan struct{} // closed once the child is reaped
+	state *os.ProcessState
+	err   error // from cmd.Wait, when it failed for another reason than the exit status
+}
+
+// exited reports whether the child has been reaped.
+func (c *child) exited() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// signal sends sig to the child's whole process group. A group that is
+// already gone is not an error.
+func (c *child) signal(sig syscall.Signal) error {
+	if err := syscall.Kill(-c.pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("supervisor: send %v to process group %d: %w", sig, c.pid, err)
+	}
+	return nil
+}
+
+// start starts the child in its own process group. SIGKILL reaches it if
+// the supervisor dies (Pdeathsig). A goroutine reaps it: once the leader
+// has exited, and while it is still an unreaped zombie that keeps its
+// process group ID from being reused, whatever is left of the group
+// (grandchildren) gets SIGKILL; then cmd.Wait reaps the leader.
+func (s *Supervisor) start() (*child, error) {
+	cmd := exec.Command(s.spec.Path, s.spec.Args...)
+	cmd.Env = append(os.Environ(), s.spec.Env...)
+	cmd.Dir = s.spec.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	prefix := "[" + s.spec.Name + "] "
+	stdout := &lineWriter{mu: &s.outMu, w: s.o.stdout, prefix: prefix}
+	stderr := &lineWriter{mu: &s.outMu, w: s.o.stderr, prefix: prefix}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	// The group is killed before Wait, so the pipes close; this only
+	// guards against a descendant that left the group with our pipes.
+	cmd.WaitDelay = time.Second
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("supervisor: start %s: %w", s.spec.Path, err)
+	}
+	c := &child{pid: cmd.Process.Pid, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		waitExited(c.pid)
+		_ = c.signal(syscall.SIGKILL) // sweep the rest of the group
+		err := cmd.Wait()
+		c.state = cmd.ProcessState
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			c.err = err
+		}
+		stdout.flush()
+		stderr.flush()
+	}()
+	return c, nil
+}
+
+// waitExited blocks until process pid has exited, without reaping it
+// (waitid with WNOWAIT), so that its PID and process group ID stay taken.
+func waitExited(pid int) {
+	const pPID, wNoWait = 1, 0x1000000
+	var info [128]byte // siginfo_t
+	for {
+		_, _, errno := syscall.Syscall6(syscall.SYS_WAITID, pPID, uintptr(pid),
+			uintptr(unsafe.Pointer(&info[0])), syscall.WEXITED|wNoWait, 0, 0)
+		if errno != syscall.EINTR {
+			return // 0, or ECHILD: nothing left to wait for either way
+		}
+	}
+}
+
+// exitStatus returns the child's exit code (-1 when killed by a signal) and
+// the signal that killed it.
+func (c *child) exitStatus() (code int, sig syscall.Signal) {
+	if c.state == nil {
+		return -1, 0
+	}
+	if ws, ok := c.state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return -1, ws.Signal()
+	}
+	return c.state.ExitCode(), 0
+}
+
+// maxLine is the longest partial line held back; a longer one is written
+// in pieces.
+const maxLine = 64 << 10
+
+// lineWriter writes whole lines to w, each prefixed. It holds a partial
+// line until its newline arrives or flush. Errors writing to w are dropped:
+// failing the child's write would break the child over a log sink.
+type lineWriter struct {
+	mu     *sync.Mutex // shared by every writer of one Supervisor, so lines do not interleave
+	w      io.Writer
+	prefix string
+	buf    []byte
+}
+
+func (l *lineWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			break
+		}
+		l.emitLocked(l.buf[:i+1])
+		l.buf = l.buf[i+1:]
+	}
+	if len(l.buf) >= maxLine {
+		l.emitLocked(append(l.buf, '\n'))
+		l.buf = nil
+	}
+	if len(l.buf) == 0 {
+		l.buf = nil // let a large buffer go
+	}
+	return len(p), nil
+}
+
+func (l *lineWriter) emitLocked(line []byte) {
+	out := make([]byte, 0, len(l.prefix)+len(line))
+	out = append(append(out, l.prefix...), line...)
+	_, _ = l.w.Write(out)
+}
+
+// flush writes a held partial line, with a newline.
+func (l *lineWriter) flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.buf) > 0 {
+		l.emitLocked(append(l.buf, '\n'))
+		l.buf = nil
+	}
+}

@@ -1,0 +1,524 @@
+// Package supervisor is the core of `lameduck run`: it runs one child
+// process, registers it once it is ready, deregisters it the moment it dies,
+// restarts it with jittered exponential backoff under a restart-intensity
+// limit, and takes it offline losslessly when the supervisor is told to stop.
+//
+// # Lifecycle
+//
+// Run starts the child in its own process group, with its output passed
+// through line by line behind a "[name] " prefix. Spec.Ready is polled until
+// it passes; only then is the instance registered. From then on Spec.Live,
+// if set, is polled; enough failures in a row count as a death.
+//
+// When the child dies on its own with a non-zero code, by a signal, or by
+// failed liveness (then the group gets SIGKILL), the instance is
+// deregistered at once, before any backoff. The failure adds 1 to a
+// decaying failure count (suture's restart intensity: the count halves every
+// half-life); past the threshold Run gives up with a *GaveUpError. Otherwise
+// the child is restarted after a backoff delay that grows with the count.
+//
+// A child that exits 0 on its own is done: it is deregistered and Run
+// returns nil without restarting it. A service that exits 0 meant to; one
+// that must run forever should exit non-zero when something is wrong.
+//
+// When Run's ctx ends (the supervisor got SIGTERM), the child is taken
+// offline with the drain protocol: deregister from every registry and
+// confirm, then wait until the instance's port has had no established TCP
+// connection for a quiet window (the supervisor has no request counter of
+// its own; the kernel's socket table is its in-flight signal), then SIGTERM
+// to the child's process group and wait for it to exit; SIGKILL at the
+// deadline. Run returns nil for a clean offline.
+//
+// # Processes
+//
+// The child runs with Setpgid and Pdeathsig=SIGKILL. Whenever the child
+// exits, whatever else is left in its process group gets SIGKILL before
+// the child is reaped, so Run leaves no zombies and no orphans in the
+// group. Pdeathsig fires when the thread that started the child ends; the
+// Go runtime ends threads only for goroutines that exit while locked with
+// runtime.LockOSThread, which this package never does.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/pkg/conncount"
+	"github.com/lameduck/lameduck/registry"
+)
+
+// Spec is what to run and how to announce it.
+type Spec struct {
+	// Name tags the child's output lines and errors. Default: the base
+	// name of Path.
+	Name string
+	// Path is the program to run; a name without a slash is looked up in
+	// PATH. Args are its arguments, without the program name.
+	Path string
+	Args []string
+	// Env is added to the supervisor's environment (later entries win).
+	Env []string
+	// Dir is the child's working directory; empty means the supervisor's.
+	Dir string
+
+	// Instance is registered in every one of Registries once the child is
+	// ready. Both may be empty, for a child nobody routes to by registry.
+	Instance   registry.Instance
+	Registries []registry.Registry
+
+	// Ready reports whether the child can take traffic (an HTTP GET of its
+	// health endpoint, say; see HTTPCheck). It is called at once after the
+	// start, then every check interval until it passes. Required with
+	// Registries. It must honour ctx.
+	Ready func(ctx context.Context) error
+	// Live, if set, is called every liveness interval once the child is
+	// registered; enough failures in a row count as the child's death. It
+	// must honour ctx.
+	Live func(ctx context.Context) error
+}
+
+// ErrGaveUp is wrapped by Run's error when the restart-intensity limit was
+// passed.
+var ErrGaveUp = errors.New("supervisor: gave up restarting")
+
+// GaveUpError is Run's error when the child failed too often.
+type GaveUpError struct {
+	Name      string
+	Failures  float64 // decayed failure count
+	Threshold float64
+	Last      error // the last failure, an *ExitError or a start error
+}
+
+func (e *GaveUpError) Error() string {
+	return fmt.Sprintf("supervisor: gave up restarting %s: failure count %.2f exceeds %g; last failure: %v; fix the child or raise the restart intensity",
+		e.Name, e.Failures, e.Threshold, e.Last)
+}
+
+// Is makes errors.Is(err, ErrGaveUp) true.
+func (e *GaveUpError) Is(target error) bool { return target == ErrGaveUp }
+func (e *GaveUpError) Unwrap() error        { return e.Last }
+
+// ExitError says how a child ended when that counts as a failure.
+type ExitError struct {
+	PID    int
+	Code   int            // -1 when killed by a signal
+	Signal syscall.Signal // the signal that killed it, if any
+	Reason string         // "exited", "killed", "liveness failed: ..."
+}
+
+func (e *ExitError) Error() string {
+	if e.Signal != 0 {
+		return fmt.Sprintf("supervisor: child %d %s by %v", e.PID, e.Reason, e.Signal)
+	}
+	return fmt.Sprintf("supervisor: child %d %s with code %d", e.PID, e.Reason, e.Code)
+}
+
+// Supervisor runs one child. Create it with New; Run it once.
+type Supervisor struct {
+	spec  Spec
+	o     options
+	multi registry.Multi
+
+	ran   atomic.Bool
+	outMu sync.Mutex
+
+	restarts atomic.Int64 // replacements started; read by emit from any goroutine
+
+	// owned by Run's goroutine
+	failures float64
+	lastFail time.Time
+}
+
+// New checks spec and the options and returns a Supervisor. It starts
+// nothing.
+func New(spec Spec, opts ...Option) (*Supervisor, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	o.setDefaults()
+	if spec.Path == "" {
+		return nil, errors.New("supervisor: Spec.Path is empty; name the program to run")
+	}
+	if spec.Name == "" {
+		spec.Name = filepath.Base(spec.Path)
+	}
+	for _, r := range spec.Registries {
+		if r == nil {
+			return nil, errors.New("supervisor: a nil registry in Spec.Registries")
+		}
+	}
+	if len(spec.Registries) > 0 {
+		if err := spec.Instance.Validate(); err != nil {
+			return nil, fmt.Errorf("supervisor: %w", err)
+		}
+		if spec.Ready == nil {
+			return nil, errors.New("supervisor: Spec.Ready is nil; the instance is registered only once a readiness check passes (see HTTPCheck)")
+		}
+	}
+	switch {
+	case o.threshold <= 0 || o.halfLife <= 0:
+		return nil, fmt.Errorf("supervisor: restart intensity threshold %g and half-life %v must be positive", o.threshold, o.halfLife)
+	case o.checkInterval < 0, o.checkTimeout < 0, o.liveInterval < 0, o.liveFailures < 0, o.stopGrace < 0, o.connQuiet < 0, o.deregTimeout < 0:
+		return nil, errors.New("supervisor: intervals, timeouts and counts must not be negative")
+	case o.stopGrace >= o.budget:
+		return nil, fmt.Errorf("supervisor: stop grace %v leaves nothing of the budget %v for the drain; lower it or raise the budget", o.stopGrace, o.budget)
+	}
+	s := &Supervisor{spec: spec, o: o, multi: registry.Multi(spec.Registries)}
+	// Check the drain options now rather than at SIGTERM.
+	if _, err := drain.New(&drain.Tracker{}, s.drainOptions(nil)...); err != nil {
+		return nil, fmt.Errorf("supervisor: offline protocol: %w", err)
+	}
+	return s, nil
+}
+
+func (s *Supervisor) emit(e Event) {
+	e.Time = s.o.clock.Now()
+	e.Name = s.spec.Name
+	e.Restarts = int(s.restarts.Load())
+	s.o.onEvent(e)
+}
+
+// Run supervises the child until it is done (it exited 0 on its own: nil),
+// the restart intensity is exceeded (a *GaveUpError), or ctx ends: then it
+// takes the child offline within the budget and returns nil, or the drain
+// protocol's error (errors.As a *drain.PhaseError names the phase that ran
+// out) joined with an *ExitError if the child ended badly. When Run
+// returns, the child has been reaped and its process group has been sent
+// SIGKILL. Run may be called once.
+func (s *Supervisor) Run(ctx context.Context) error {
+	if !s.ran.CompareAndSwap(false, true) {
+		return errors.New("supervisor: Run called twice; make a new Supervisor")
+	}
+	for {
+		if ctx.Err() != nil {
+			return nil // nothing runs and nothing is registered
+		}
+		c, err := s.start()
+		var fail error
+		if err != nil {
+			fail = err
+		} else {
+			s.emit(Event{Kind: EventStarted, PID: c.pid})
+			if s.restarts.Load() > 0 {
+				s.emit(Event{Kind: EventRestarted, PID: c.pid})
+			}
+			var done bool
+			done, fail, err = s.supervise(ctx, c)
+			if done {
+				return err
+			}
+		}
+		// fail != nil: the child failed; count it.
+		if gave := s.countFailure(fail); gave != nil {
+			return gave
+		}
+		d := s.o.restart.Delay(max(int(s.failures)-1, 0))
+		t := s.o.clock.NewTimer(d)
+		s.emit(Event{Kind: EventBackoff, Delay: d, Failures: s.failures, Err: fail})
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C():
+		}
+		s.restarts.Add(1)
+	}
+}
+
+// countFailure adds a failure to the decaying count and returns a
+// *GaveUpError if the count passed the threshold.
+func (s *Supervisor) countFailure(fail error) error {
+	now := s.o.clock.Now()
+	if s.failures > 0 {
+		s.failures *= math.Pow(0.5, float64(now.Sub(s.lastFail))/float64(s.o.halfLife))
+	}
+	s.failures++
+	s.lastFail = now
+	if s.failures > s.o.threshold {
+		err := &GaveUpError{Name: s.spec.Name, Failures: s.failures, Threshold: s.o.threshold, Last: fail}
+		s.emit(Event{Kind: EventGaveUp, Failures: s.failures, Err: err})
+		return err
+	}
+	return nil
+}
+
+// supervise watches one started child until it ends or ctx does. done
+// means Run returns err; otherwise fail says why the child failed.
+func (s *Supervisor) supervise(ctx context.Context, c *child) (done bool, fail, err error) {
+	lifeCtx, cancelLife := context.WithCancel(ctx)
+	var attempted atomic.Bool // a Register call has been made
+	unhealthy := make(chan error, 1)
+	lifeDone := make(chan struct{})
+	go func() {
+		defer close(lifeDone)
+		s.lifecycle(lifeCtx, c, &attempted, unhealthy)
+	}()
+	stopLife := func() { cancelLife(); <-lifeDone }
+
+	var reason error
+	select {
+	case <-ctx.Done():
+		stopLife()
+		return true, nil, s.offline(c, attempted.Load())
+	case <-c.done:
+		stopLife()
+		exitErr := s.exited(c, nil)
+		if attempted.Load() {
+			s.deregister(ctx) // before anything else: a dead child must not stay routable
+		}
+		return exitErr == nil, exitErr, nil // exit 0 on its own: done
+	case reason = <-unhealthy:
+		stopLife()
+	}
+	// Deemed dead: make it unroutable first, then kill it.
+	if attempted.Load() {
+		s.deregister(ctx)
+	}
+	s.emit(Event{Kind: EventSignaled, PID: c.pid, Signal: syscall.SIGKILL})
+	if err := s.reap(c); err != nil {
+		return true, nil, err
+	}
+	return false, s.exited(c, reason), nil
+}
+
+// exited reports the reaped child's end and returns an error when it
+// counts as a failure. reason is the failed liveness check, if any.
+func (s *Supervisor) exited(c *child, reason error) error {
+	code, sig := c.exitStatus()
+	var exitErr error
+	switch {
+	case c.err != nil:
+		exitErr = fmt.Errorf("supervisor: wait for child %d: %w", c.pid, c.err)
+	case reason != nil:
+		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: "liveness failed (" + reason.Error() + "), killed"}
+	case sig != 0:
+		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: "killed"}
+	case code != 0:
+		exitErr = &ExitError{PID: c.pid, Code: code, Reason: "exited"}
+	}
+	s.emit(Event{Kind: EventExited, PID: c.pid, Code: code, Signal: sig, Err: exitErr})
+	return exitErr
+}
+
+// reap kills the group and waits for the child, for paths that give up.
+func (s *Supervisor) reap(c *child) error {
+	err := c.signal(syscall.SIGKILL)
+	<-c.done
+	return err
+}
+
+// lifecycle waits for readiness, registers the instance, then polls
+// liveness, until ctx ends. A liveness verdict goes to unhealthy.
+func (s *Supervisor) lifecycle(ctx context.Context, c *child, attempted *atomic.Bool, unhealthy chan<- error) {
+	if s.spec.Ready != nil {
+		for {
+			err := s.check(ctx, s.spec.Ready)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			t := s.o.clock.NewTimer(s.o.checkInterval)
+			s.emit(Event{Kind: EventNotReady, PID: c.pid, Delay: s.o.checkInterval, Err: err})
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C():
+			}
+		}
+	}
+	s.emit(Event{Kind: EventReady, PID: c.pid})
+	if len(s.multi) > 0 {
+		attempted.Store(true)
+		if err := s.retry(ctx, func(ctx context.Context) error { return s.multi.Register(ctx, s.spec.Instance) }); err != nil {
+			return
+		}
+		s.emit(Event{Kind: EventRegistered, PID: c.pid})
+	}
+	if s.spec.Live == nil {
+		return
+	}
+	for failed := 0; ; {
+		t := s.o.clock.NewTimer(s.o.liveInterval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		err := s.check(ctx, s.spec.Live)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			failed = 0
+			continue
+		}
+		failed++
+		s.emit(Event{Kind: EventUnhealthy, PID: c.pid, Failures: float64(failed), Err: err})
+		if failed >= s.o.liveFailures {
+			unhealthy <- err
+			return
+		}
+	}
+}
+
+// check calls f with a context that ends after the check timeout.
+func (s *Supervisor) check(ctx context.Context, f func(context.Context) error) error {
+	cctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	t := s.o.clock.AfterFunc(s.o.checkTimeout, func() {
+		cancel(fmt.Errorf("supervisor: check took longer than %v", s.o.checkTimeout))
+	})
+	defer t.Stop()
+	if err := f(cctx); err != nil {
+		if cause := context.Cause(cctx); cause != nil && ctx.Err() == nil {
+			return errors.Join(err, cause)
+		}
+		return err
+	}
+	return nil
+}
+
+// retry calls f until it succeeds or ctx ends, with backoff between calls.
+func (s *Supervisor) retry(ctx context.Context, f func(context.Context) error) error {
+	for attempt := 0; ; attempt++ {
+		err := f(ctx)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		d := s.o.regRetry.Delay(attempt)
+		t := s.o.clock.NewTimer(d)
+		s.emit(Event{Kind: EventRegistryRetry, Delay: d, Err: err})
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
+		case <-t.C():
+		}
+	}
+}
+
+// deregister takes the instance out of every registry, retrying for up to
+// the deregistration timeout even if ctx has ended: a dead child must not
+// stay routable because the supervisor is also stopping.
+func (s *Supervisor) deregister(ctx context.Context) {
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	t := s.o.clock.AfterFunc(s.o.deregTimeout, cancel)
+	defer t.Stop()
+	err := s.retry(dctx, func(ctx context.Context) error { return s.multi.Deregister(ctx, s.spec.Instance) })
+	s.emit(Event{Kind: EventDeregistered, Err: err})
+}
+
+// drainOptions are the offline protocol's options; c is nil when New
+// only checks them.
+func (s *Supervisor) drainOptions(c *child) []drain.Option {
+	opts := []drain.Option{
+		drain.WithBudget(s.o.budget),
+		drain.WithEventHook(func(e drain.Event) { s.emit(Event{Kind: EventDrain, Drain: &e}) }),
+	}
+	var terminate, idle func(context.Context) error = noop, noop
+	if c != nil {
+		terminate, idle = s.terminate(c), s.awaitIdle(c)
+	}
+	// Hooks run in reverse order: idle connections first, then SIGTERM.
+	opts = append(opts, drain.WithStopHook("terminate", terminate))
+	if s.spec.Instance.Port > 0 {
+		opts = append(opts, drain.WithStopHook("idle-connections", idle))
+	}
+	return append(opts, s.o.drainOpts...)
+}
+
+func noop(context.Context) error { return nil }
+
+// offline takes a running child offline with the drain protocol.
+// registered says whether the instance may be in the registries.
+func (s *Supervisor) offline(c *child, registered bool) error {
+	opts := s.drainOptions(c)
+	if registered {
+		opts = append(opts, drain.WithRegistries(s.spec.Registries...), drain.WithInstance(s.spec.Instance))
+	}
+	co, err := drain.New(&drain.Tracker{}, opts...)
+	if err != nil {
+		return errors.Join(fmt.Errorf("supervisor: offline protocol: %w", err), s.reap(c))
+	}
+	// The budget bounds the protocol; nothing else should cut it short.
+	_, err = co.Offline(context.Background())
+	if !c.exited() { // only if a hook failed to stop it
+		err = errors.Join(err, s.reap(c))
+	}
+	code, sig := c.exitStatus()
+	var exitErr error
+	if c.err != nil {
+		exitErr = fmt.Errorf("supervisor: wait for child %d: %w", c.pid, c.err)
+	} else if code != 0 && sig != syscall.SIGTERM && sig != syscall.SIGKILL {
+		// Dying by our SIGTERM is a clean stop for a child without a
+		// handler; SIGKILL is already reported by the protocol's error.
+		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: "exited during offline"}
+	}
+	s.emit(Event{Kind: EventExited, PID: c.pid, Code: code, Signal: sig, Err: exitErr})
+	return errors.Join(err, exitErr)
+}
+
+// awaitIdle is the stop hook that runs first: it waits until the
+// instance's port has had no established connection for the quiet window,
+// leaving the stop grace of the budget for the child to exit. Connections
+// still open then (idle keep-alives, typically) do not fail the offline:
+// the child's own graceful shutdown after SIGTERM closes them. They are
+// reported with EventConnsBusy.
+func (s *Supervisor) awaitIdle(c *child) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if c.exited() {
+			return nil
+		}
+		counter, err := conncount.New(s.spec.Instance.Port)
+		if err != nil {
+			return fmt.Errorf("supervisor: %w", err)
+		}
+		wctx := ctx
+		if dl, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			wctx, cancel = context.WithDeadline(ctx, dl.Add(-s.o.stopGrace))
+			defer cancel()
+		}
+		if err := counter.WaitIdle(wctx, s.o.connQuiet, connPoll); err != nil {
+			s.emit(Event{Kind: EventConnsBusy, PID: c.pid, Err: err})
+		}
+		return nil
+	}
+}
+
+// terminate is the stop hook that sends SIGTERM to the child's group and
+// waits for the child to exit; at the deadline it sends SIGKILL.
+func (s *Supervisor) terminate(c *child) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if c.exited() {
+			return nil
+		}
+		s.emit(Event{Kind: EventSignaled, PID: c.pid, Signal: syscall.SIGTERM})
+		if err := c.signal(syscall.SIGTERM); err != nil {
+			return err
+		}
+		select {
+		case <-c.done:
+			return nil
+		case <-ctx.Done():
+		}
+		s.emit(Event{Kind: EventSignaled, PID: c.pid, Signal: syscall.SIGKILL})
+		err := c.signal(syscall.SIGKILL)
+		<-c.done
+		return errors.Join(fmt.Errorf("supervisor: child %d did not exit after SIGTERM; sent SIGKILL: %w", c.pid, context.Cause(ctx)), err)
+	}
+}

@@ -1,0 +1,72 @@
+// Command child is the supervisor tests' misbehaving service. It listens on
+// -addr, answers /healthz, and misbehaves on command:
+//
+//	-mode=serve        serve; on SIGTERM shut down gracefully and exit 0
+//	-mode=ignore-term  serve; ignore SIGTERM (only SIGKILL stops it)
+//	-mode=crash        exit -code at once, before listening
+//	-mode=exit0        exit 0 at once, before listening
+//
+// and over HTTP: GET /crash exits with -code, GET /exit0 exits 0, GET /hang
+// makes /healthz hang until the client gives up.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+)
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:0", "listen address")
+	mode := flag.String("mode", "serve", "serve, ignore-term, crash, exit0")
+	code := flag.Int("code", 3, "exit code for crashes")
+	flag.Parse()
+
+	switch *mode {
+	case "crash":
+		fmt.Fprintln(os.Stderr, "crashing")
+		os.Exit(*code)
+	case "exit0":
+		fmt.Println("done")
+		os.Exit(0)
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM)
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "listen:", err)
+		os.Exit(2)
+	}
+	var hang atomic.Bool
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if hang.Load() {
+			<-r.Context().Done()
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/crash", func(http.ResponseWriter, *http.Request) { os.Exit(*code) })
+	mux.HandleFunc("/exit0", func(http.ResponseWriter, *http.Request) { os.Exit(0) })
+	mux.HandleFunc("/hang", func(w http.ResponseWriter, _ *http.Request) { hang.Store(true) })
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	fmt.Printf("listening on %s pid %d\n", ln.Addr(), os.Getpid())
+	fmt.Fprint(os.Stdout, "partial line without newline")
+
+	for range sigs {
+		fmt.Println("\ngot SIGTERM")
+		if *mode == "ignore-term" {
+			continue
+		}
+		_ = srv.Shutdown(context.Background())
+		os.Exit(0)
+	}
+}
