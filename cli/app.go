@@ -79,6 +79,7 @@ func App(stdout, stderr io.Writer) *ucli.App {
 			offlineCommand(),
 			prestopCommand(),
 			statusCommand(),
+			runCommand(),
 		),
 		OnUsageError: usageError,
 		// Reached only when no command matched.
