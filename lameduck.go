@@ -30,6 +30,7 @@ import (
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/pkg/admin"
+	"github.com/lameduck/lameduck/pkg/supervisor"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -147,24 +148,11 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 // SIGTERM and SIGINT.
 func WithSignals(sig ...os.Signal) Option { return func(o *options) { o.signals = sig } }
 
-// HTTPReady returns a readiness check that passes when url answers 2xx.
-func HTTPReady(url string) func(ctx context.Context) error {
-	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return fmt.Errorf("lameduck: readiness URL %q: %w", url, err)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return fmt.Errorf("lameduck: readiness check %s: %w", url, err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode/100 != 2 {
-			return fmt.Errorf("lameduck: readiness check %s answered %s", url, resp.Status)
-		}
-		return nil
-	}
-}
+// HTTPReady returns a readiness check that passes when url answers 2xx. It
+// is supervisor.HTTPCheck, the one HTTP check the project has: no
+// keep-alive (an idle check connection would count as in flight), and the
+// body is read and dropped.
+func HTTPReady(url string) func(ctx context.Context) error { return supervisor.HTTPCheck(url) }
 
 // App is one instance of an application under lameduck. Create it with
 // New, count requests with Tracker, and call Run once.
