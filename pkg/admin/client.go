@@ -167,22 +167,19 @@ func parseBase(raw string) (string, error) {
 // Status returns the endpoint's status (GET /status). It blocks until the
 // answer arrives or ctx ends.
 func (c *Client) Status(ctx context.Context) (drain.Status, error) {
-	body, u, err := c.do(ctx, http.MethodGet, "/status", nil)
-	if err != nil {
-		return drain.Status{}, err
-	}
-	s, ok := decodeStatus(body)
-	if !ok {
-		return drain.Status{}, c.notLameduck(u, "status", body)
-	}
-	return s, nil
+	return c.status(ctx, http.MethodGet, "/status")
 }
 
 // Offline asks the app to go offline (POST /offline) and returns its status
 // once the request is accepted; it does not wait for the drain (see Wait).
 // It is idempotent. It blocks until the answer arrives or ctx ends.
 func (c *Client) Offline(ctx context.Context) (drain.Status, error) {
-	body, u, err := c.do(ctx, http.MethodPost, "/offline", nil)
+	return c.status(ctx, http.MethodPost, "/offline")
+}
+
+// status makes a request whose answer is the status JSON.
+func (c *Client) status(ctx context.Context, method, path string) (drain.Status, error) {
+	body, u, err := c.do(ctx, method, path, nil)
 	if err != nil {
 		return drain.Status{}, err
 	}
