@@ -152,7 +152,10 @@ func WithSignals(sig ...os.Signal) Option { return func(o *options) { o.signals 
 // is supervisor.HTTPCheck, the one HTTP check the project has: no
 // keep-alive (an idle check connection would count as in flight), and the
 // body is read and dropped.
-func HTTPReady(url string) func(ctx context.Context) error { return supervisor.HTTPCheck(url) }
+func HTTPReady(url string) func(ctx context.Context) error {
+	check := supervisor.HTTPCheck(url)
+	return func(ctx context.Context) error { return check(ctx, 0) }
+}
 
 // App is one instance of an application under lameduck. Create it with
 // New, count requests with Tracker, and call Run once.

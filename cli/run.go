@@ -71,7 +71,7 @@ func runCommand() *ucli.Command {
 			}
 			spec := supervisor.Spec{
 				Name: filepath.Base(argv[0]), Path: argv[0], Args: argv[1:],
-				Instance: inst, Ready: tcpReady(port),
+				Instance: inst, Ready: tcpReady,
 			}
 			for _, r := range regs {
 				spec.Registries = append(spec.Registries, r)
@@ -122,14 +122,12 @@ func runCommand() *ucli.Command {
 }
 
 // tcpReady passes once something accepts connections on the port.
-func tcpReady(port int) func(ctx context.Context) error {
+func tcpReady(ctx context.Context, port int) error {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	return func(ctx context.Context) error {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return fmt.Errorf("run: nothing accepts connections on %s yet: %w", addr, err)
-		}
-		return conn.Close()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("run: nothing accepts connections on %s yet: %w", addr, err)
 	}
+	return conn.Close()
 }

@@ -26,11 +26,15 @@ const (
 	EventGaveUp                         // the restart intensity limit was passed (Event.Err); Run returns
 	EventConnsBusy                      // connections on the instance's port did not go idle before SIGTERM (Event.Err)
 	EventDrain                          // the offline protocol reported Event.Drain
+	EventPromoted                       // the warm standby (or a recycle's replacement) on Event.Port is registered in place of the active copy
+	EventRecycling                      // the copy on Event.Port passed its age or memory limit (Event.Err says which); its replacement is on the way
+	EventRecycled                       // a recycled copy is offline and stopped (Event.Err if its offline was not clean)
 )
 
 var eventNames = [...]string{
 	"started", "not-ready", "ready", "registered", "registry-retry", "unhealthy", "signaled",
 	"exited", "deregistered", "backoff", "restarted", "gave-up", "conns-busy", "drain",
+	"promoted", "recycling", "recycled",
 }
 
 func (k EventKind) String() string {
@@ -49,6 +53,7 @@ type Event struct {
 	Time     time.Time
 	Name     string         // Spec.Name
 	PID      int            // the child's PID (also its process group ID); 0 when none runs
+	Port     int            // the port of the copy the event is about (0 when not about one)
 	Restarts int            // replacements started so far
 	Code     int            // EventExited: exit code, -1 when killed by a signal
 	Signal   syscall.Signal // EventExited: the signal that killed the child; EventSignaled: the signal sent

@@ -73,7 +73,7 @@ type harness struct {
 
 type harnessOpts struct {
 	mode        string
-	ready       func(h *harness) func(context.Context) error // default HTTPCheck of /healthz
+	ready       func(h *harness) Check // default HTTPCheck of /healthz
 	noAdvance   bool                                         // do not advance the clock on EventNotReady
 	noRegistry  bool
 	onEvent     func(Event) // called synchronously from the hook, first

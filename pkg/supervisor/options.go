@@ -19,6 +19,7 @@ const (
 	DefaultLiveFailures     = 3
 	DefaultConnQuiet        = 250 * time.Millisecond
 	DefaultDeregTimeout     = 10 * time.Second
+	DefaultRecycleInterval  = time.Second // how often age and memory are looked at
 	connPoll                = 50 * time.Millisecond
 )
 
@@ -38,6 +39,10 @@ type options struct {
 	stopGrace     time.Duration
 	connQuiet     time.Duration
 	deregTimeout  time.Duration
+	standby       bool
+	recycleAfter  time.Duration
+	recycleRSS    uint64
+	recycleEvery  time.Duration
 	drainOpts     []drain.Option
 	stdout        io.Writer
 	stderr        io.Writer
@@ -72,6 +77,9 @@ func (o *options) setDefaults() {
 	}
 	if o.connQuiet == 0 {
 		o.connQuiet = DefaultConnQuiet
+	}
+	if o.recycleEvery == 0 {
+		o.recycleEvery = DefaultRecycleInterval
 	}
 	if o.deregTimeout == 0 {
 		o.deregTimeout = DefaultDeregTimeout
@@ -150,6 +158,27 @@ func WithDeregisterTimeout(d time.Duration) Option {
 	return func(o *options) { o.deregTimeout = d }
 }
 
+// WithStandby keeps a warm standby: a second copy of the child runs on
+// Spec.StandbyPort, ready but not registered. When the active copy dies,
+// the standby is registered at once (EventPromoted) and the dead copy is
+// restarted, after the usual backoff, as the new standby. A standby that
+// dies, or exits at all, counts as a failure like the active copy.
+func WithStandby() Option {
+	return func(o *options) { o.standby = true }
+}
+
+// WithRecycle recycles a copy that has run for longer than after, or whose
+// resident memory (the process group leader's VmRSS) exceeds rss bytes; 0
+// turns that limit off. Recycling the active copy starts its replacement on
+// the other port (or uses the warm standby), registers it, then takes the
+// old copy offline losslessly and stops it. A standby past a limit is simply
+// restarted. Recycling is not a failure and does not count toward the
+// restart intensity. It needs Spec.StandbyPort. Limits are looked at every
+// second.
+func WithRecycle(after time.Duration, rss uint64) Option {
+	return func(o *options) { o.recycleAfter, o.recycleRSS = after, rss }
+}
+
 // WithDrainOptions passes options to the offline protocol (drain.New), after
 // the supervisor's own: drain.WithMinWait, drain.WithDisable, and so on.
 // Budget, registries, instance and event hook are the supervisor's.
@@ -172,4 +201,8 @@ func WithEventHook(f func(Event)) Option {
 
 func withClock(c clock.Clock) Option {
 	return func(o *options) { o.clock = c }
+}
+
+func withRecycleInterval(d time.Duration) Option {
+	return func(o *options) { o.recycleEvery = d }
 }

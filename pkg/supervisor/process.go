@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -46,9 +48,19 @@ func (c *child) signal(sig syscall.Signal) error {
 // has exited, and while it is still an unreaped zombie that keeps its
 // process group ID from being reused, whatever is left of the group
 // (grandchildren) gets SIGKILL; then cmd.Wait reaps the leader.
-func (s *Supervisor) start() (*child, error) {
-	cmd := exec.Command(s.spec.Path, s.spec.Args...)
-	cmd.Env = append(os.Environ(), s.spec.Env...)
+func (s *Supervisor) start(port int) (*child, error) {
+	args := s.spec.Args
+	env := append(os.Environ(), s.spec.Env...)
+	if port > 0 {
+		p := strconv.Itoa(port)
+		args = make([]string, len(s.spec.Args))
+		for i, a := range s.spec.Args {
+			args[i] = strings.ReplaceAll(a, PortPlaceholder, p)
+		}
+		env = append(env, "PORT="+p, "LAMEDUCK_PORT="+p)
+	}
+	cmd := exec.Command(s.spec.Path, args...)
+	cmd.Env = env
 	cmd.Dir = s.spec.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	prefix := "[" + s.spec.Name + "] "
@@ -154,4 +166,23 @@ func (l *lineWriter) flush() {
 		l.emitLocked(append(l.buf, '\n'))
 		l.buf = nil
 	}
+}
+
+// rss returns the resident memory of process pid in bytes, from
+// /proc/PID/status.
+func rss(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("read VmRSS of %d: %w", pid, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for process %d (a zombie?)", pid)
 }

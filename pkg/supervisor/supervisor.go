@@ -21,6 +21,13 @@
 // returns nil without restarting it. A service that exits 0 meant to; one
 // that must run forever should exit non-zero when something is wrong.
 //
+// With a warm standby (WithStandby), a second copy runs on
+// Spec.StandbyPort, ready but unregistered; when the active copy dies, the
+// standby is registered at once and the dead copy comes back as the new
+// standby. With recycling (WithRecycle), a copy past its age or memory limit
+// is replaced: the replacement (or the standby) is registered first, then
+// the old copy is taken offline losslessly.
+//
 // When Run's ctx ends (the supervisor got SIGTERM), the child is taken
 // offline with the drain protocol: deregister from every registry and
 // confirm, then wait until the instance's port has had no established TCP
@@ -45,6 +52,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -74,15 +82,24 @@ type Spec struct {
 	Instance   registry.Instance
 	Registries []registry.Registry
 
-	// Ready reports whether the child can take traffic (an HTTP GET of its
-	// health endpoint, say; see HTTPCheck). It is called at once after the
-	// start, then every check interval until it passes. Required with
-	// Registries. It must honour ctx.
-	Ready func(ctx context.Context) error
-	// Live, if set, is called every liveness interval once the child is
-	// registered; enough failures in a row count as the child's death. It
-	// must honour ctx.
-	Live func(ctx context.Context) error
+	// Ready reports whether a copy of the child can take traffic (an HTTP
+	// GET of its health endpoint, say; see HTTPCheck). It is called at once
+	// after the start, then every check interval until it passes. Required
+	// with Registries.
+	Ready Check
+	// Live, if set, is called every liveness interval once a copy is ready;
+	// enough failures in a row count as that copy's death.
+	Live Check
+
+	// StandbyPort is the port of a second copy of the child: the warm
+	// standby (WithStandby) and the replacement a recycle starts
+	// (WithRecycle). 0 means one copy only. Each copy is told its port:
+	// "{port}" in Args is replaced with it, and PORT and LAMEDUCK_PORT are
+	// set in its environment.
+	StandbyPort int
+	// StandbyID is the instance ID of the copy on StandbyPort. Default:
+	// Instance.ID, a dash, and the port.
+	StandbyID string
 }
 
 // ErrGaveUp is wrapped by Run's error when the restart-intensity limit was
@@ -127,8 +144,10 @@ type Supervisor struct {
 	o     options
 	multi registry.Multi
 
-	ran   atomic.Bool
-	outMu sync.Mutex
+	ran       atomic.Bool
+	outMu     sync.Mutex
+	forceOnce sync.Once
+	forced    chan struct{} // closed by Force
 
 	restarts atomic.Int64 // replacements started; read by emit from any goroutine
 
@@ -167,17 +186,52 @@ func New(spec Spec, opts ...Option) (*Supervisor, error) {
 	switch {
 	case o.threshold <= 0 || o.halfLife <= 0:
 		return nil, fmt.Errorf("supervisor: restart intensity threshold %g and half-life %v must be positive", o.threshold, o.halfLife)
-	case o.checkInterval < 0, o.checkTimeout < 0, o.liveInterval < 0, o.liveFailures < 0, o.stopGrace < 0, o.connQuiet < 0, o.deregTimeout < 0:
+	case o.checkInterval < 0, o.checkTimeout < 0, o.liveInterval < 0, o.liveFailures < 0, o.stopGrace < 0, o.connQuiet < 0, o.deregTimeout < 0, o.recycleAfter < 0, o.recycleEvery < 0:
 		return nil, errors.New("supervisor: intervals, timeouts and counts must not be negative")
 	case o.stopGrace >= o.budget:
 		return nil, fmt.Errorf("supervisor: stop grace %v leaves nothing of the budget %v for the drain; lower it or raise the budget", o.stopGrace, o.budget)
+	case spec.StandbyPort < 0 || spec.StandbyPort > 65535:
+		return nil, fmt.Errorf("supervisor: Spec.StandbyPort %d is not a port (1-65535)", spec.StandbyPort)
+	case spec.StandbyPort > 0 && spec.Instance.Port == 0:
+		return nil, errors.New("supervisor: Spec.StandbyPort needs Spec.Instance.Port, the first copy's port")
+	case spec.StandbyPort > 0 && spec.StandbyPort == spec.Instance.Port:
+		return nil, fmt.Errorf("supervisor: Spec.StandbyPort %d is the instance's own port; the second copy needs a port of its own", spec.StandbyPort)
+	case (o.standby || o.recycleAfter > 0 || o.recycleRSS > 0) && spec.StandbyPort == 0:
+		return nil, errors.New("supervisor: a warm standby and recycling need a second port for the second copy; set Spec.StandbyPort")
 	}
-	s := &Supervisor{spec: spec, o: o, multi: registry.Multi(spec.Registries)}
+	if spec.StandbyPort > 0 && spec.StandbyID == "" && spec.Instance.ID != "" {
+		spec.StandbyID = spec.Instance.ID + "-" + strconv.Itoa(spec.StandbyPort)
+	}
+	s := &Supervisor{spec: spec, o: o, multi: registry.Multi(spec.Registries), forced: make(chan struct{})}
+	if spec.StandbyPort > 0 && len(spec.Registries) > 0 {
+		if err := s.instance(1).Validate(); err != nil {
+			return nil, fmt.Errorf("supervisor: standby: %w", err)
+		}
+	}
 	// Check the drain options now rather than at SIGTERM.
-	if _, err := drain.New(&drain.Tracker{}, s.drainOptions(nil)...); err != nil {
+	if _, err := drain.New(&drain.Tracker{}, s.drainOptions(nil, true)...); err != nil {
 		return nil, fmt.Errorf("supervisor: offline protocol: %w", err)
 	}
 	return s, nil
+}
+
+// instance returns the registry instance of the copy in slot 0 (Spec.Instance)
+// or 1 (the copy on StandbyPort).
+func (s *Supervisor) instance(slot int) registry.Instance {
+	inst := s.spec.Instance
+	if slot == 1 {
+		inst.Port, inst.ID = s.spec.StandbyPort, s.spec.StandbyID
+	}
+	return inst
+}
+
+// Force cuts a running offline short: the children's process groups get
+// SIGKILL at once and Run returns an error that wraps drain.ErrForced. If
+// Run's ctx has not ended, Force ends the supervision as if it had. It is
+// what a second SIGTERM does; safe to call more than once and from any
+// goroutine.
+func (s *Supervisor) Force() {
+	s.forceOnce.Do(func() { close(s.forced) })
 }
 
 func (s *Supervisor) emit(e Event) {
@@ -185,53 +239,6 @@ func (s *Supervisor) emit(e Event) {
 	e.Name = s.spec.Name
 	e.Restarts = int(s.restarts.Load())
 	s.o.onEvent(e)
-}
-
-// Run supervises the child until it is done (it exited 0 on its own: nil),
-// the restart intensity is exceeded (a *GaveUpError), or ctx ends: then it
-// takes the child offline within the budget and returns nil, or the drain
-// protocol's error (errors.As a *drain.PhaseError names the phase that ran
-// out) joined with an *ExitError if the child ended badly. When Run
-// returns, the child has been reaped and its process group has been sent
-// SIGKILL. Run may be called once.
-func (s *Supervisor) Run(ctx context.Context) error {
-	if !s.ran.CompareAndSwap(false, true) {
-		return errors.New("supervisor: Run called twice; make a new Supervisor")
-	}
-	for {
-		if ctx.Err() != nil {
-			return nil // nothing runs and nothing is registered
-		}
-		c, err := s.start()
-		var fail error
-		if err != nil {
-			fail = err
-		} else {
-			s.emit(Event{Kind: EventStarted, PID: c.pid})
-			if s.restarts.Load() > 0 {
-				s.emit(Event{Kind: EventRestarted, PID: c.pid})
-			}
-			var done bool
-			done, fail, err = s.supervise(ctx, c)
-			if done {
-				return err
-			}
-		}
-		// fail != nil: the child failed; count it.
-		if gave := s.countFailure(fail); gave != nil {
-			return gave
-		}
-		d := s.o.restart.Delay(max(int(s.failures)-1, 0))
-		t := s.o.clock.NewTimer(d)
-		s.emit(Event{Kind: EventBackoff, Delay: d, Failures: s.failures, Err: fail})
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C():
-		}
-		s.restarts.Add(1)
-	}
 }
 
 // countFailure adds a failure to the decaying count and returns a
@@ -251,48 +258,11 @@ func (s *Supervisor) countFailure(fail error) error {
 	return nil
 }
 
-// supervise watches one started child until it ends or ctx does. done
-// means Run returns err; otherwise fail says why the child failed.
-func (s *Supervisor) supervise(ctx context.Context, c *child) (done bool, fail, err error) {
-	lifeCtx, cancelLife := context.WithCancel(ctx)
-	var attempted atomic.Bool // a Register call has been made
-	unhealthy := make(chan error, 1)
-	lifeDone := make(chan struct{})
-	go func() {
-		defer close(lifeDone)
-		s.lifecycle(lifeCtx, c, &attempted, unhealthy)
-	}()
-	stopLife := func() { cancelLife(); <-lifeDone }
-
-	var reason error
-	select {
-	case <-ctx.Done():
-		stopLife()
-		return true, nil, s.offline(c, attempted.Load())
-	case <-c.done:
-		stopLife()
-		exitErr := s.exited(c, nil)
-		if attempted.Load() {
-			s.deregister(ctx) // before anything else: a dead child must not stay routable
-		}
-		return exitErr == nil, exitErr, nil // exit 0 on its own: done
-	case reason = <-unhealthy:
-		stopLife()
-	}
-	// Deemed dead: make it unroutable first, then kill it.
-	if attempted.Load() {
-		s.deregister(ctx)
-	}
-	s.emit(Event{Kind: EventSignaled, PID: c.pid, Signal: syscall.SIGKILL})
-	if err := s.reap(c); err != nil {
-		return true, nil, err
-	}
-	return false, s.exited(c, reason), nil
-}
-
 // exited reports the reaped child's end and returns an error when it
-// counts as a failure. reason is the failed liveness check, if any.
-func (s *Supervisor) exited(c *child, reason error) error {
+// exited reports a reaped copy's end and returns an error when it counts as
+// a failure. reason is the failed liveness check, if any.
+func (s *Supervisor) exited(p *proc, reason error) error {
+	c := p.c
 	code, sig := c.exitStatus()
 	var exitErr error
 	switch {
@@ -305,23 +275,16 @@ func (s *Supervisor) exited(c *child, reason error) error {
 	case code != 0:
 		exitErr = &ExitError{PID: c.pid, Code: code, Reason: "exited"}
 	}
-	s.emit(Event{Kind: EventExited, PID: c.pid, Code: code, Signal: sig, Err: exitErr})
+	s.emit(Event{Kind: EventExited, PID: c.pid, Port: p.port, Code: code, Signal: sig, Err: exitErr})
 	return exitErr
 }
 
-// reap kills the group and waits for the child, for paths that give up.
-func (s *Supervisor) reap(c *child) error {
-	err := c.signal(syscall.SIGKILL)
-	<-c.done
-	return err
-}
-
-// lifecycle waits for readiness, registers the instance, then polls
-// liveness, until ctx ends. A liveness verdict goes to unhealthy.
-func (s *Supervisor) lifecycle(ctx context.Context, c *child, attempted *atomic.Bool, unhealthy chan<- error) {
+// lifecycle waits for the copy's readiness and then polls its liveness,
+// until ctx ends; it reports both to the run loop.
+func (s *Supervisor) lifecycle(ctx context.Context, p *proc, report func(msg)) {
 	if s.spec.Ready != nil {
 		for {
-			err := s.check(ctx, s.spec.Ready)
+			err := s.check(ctx, s.spec.Ready, p.port)
 			if err == nil {
 				break
 			}
@@ -329,7 +292,7 @@ func (s *Supervisor) lifecycle(ctx context.Context, c *child, attempted *atomic.
 				return
 			}
 			t := s.o.clock.NewTimer(s.o.checkInterval)
-			s.emit(Event{Kind: EventNotReady, PID: c.pid, Delay: s.o.checkInterval, Err: err})
+			s.emit(Event{Kind: EventNotReady, PID: p.c.pid, Port: p.port, Delay: s.o.checkInterval, Err: err})
 			select {
 			case <-ctx.Done():
 				t.Stop()
@@ -338,14 +301,8 @@ func (s *Supervisor) lifecycle(ctx context.Context, c *child, attempted *atomic.
 			}
 		}
 	}
-	s.emit(Event{Kind: EventReady, PID: c.pid})
-	if len(s.multi) > 0 {
-		attempted.Store(true)
-		if err := s.retry(ctx, func(ctx context.Context) error { return s.multi.Register(ctx, s.spec.Instance) }); err != nil {
-			return
-		}
-		s.emit(Event{Kind: EventRegistered, PID: c.pid})
-	}
+	s.emit(Event{Kind: EventReady, PID: p.c.pid, Port: p.port})
+	report(msg{kind: msgReady, p: p})
 	if s.spec.Live == nil {
 		return
 	}
@@ -357,7 +314,7 @@ func (s *Supervisor) lifecycle(ctx context.Context, c *child, attempted *atomic.
 			return
 		case <-t.C():
 		}
-		err := s.check(ctx, s.spec.Live)
+		err := s.check(ctx, s.spec.Live, p.port)
 		if ctx.Err() != nil {
 			return
 		}
@@ -366,23 +323,23 @@ func (s *Supervisor) lifecycle(ctx context.Context, c *child, attempted *atomic.
 			continue
 		}
 		failed++
-		s.emit(Event{Kind: EventUnhealthy, PID: c.pid, Failures: float64(failed), Err: err})
+		s.emit(Event{Kind: EventUnhealthy, PID: p.c.pid, Port: p.port, Failures: float64(failed), Err: err})
 		if failed >= s.o.liveFailures {
-			unhealthy <- err
+			report(msg{kind: msgUnhealthy, p: p, err: err})
 			return
 		}
 	}
 }
 
 // check calls f with a context that ends after the check timeout.
-func (s *Supervisor) check(ctx context.Context, f func(context.Context) error) error {
+func (s *Supervisor) check(ctx context.Context, f Check, port int) error {
 	cctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	t := s.o.clock.AfterFunc(s.o.checkTimeout, func() {
 		cancel(fmt.Errorf("supervisor: check took longer than %v", s.o.checkTimeout))
 	})
 	defer t.Stop()
-	if err := f(cctx); err != nil {
+	if err := f(cctx, port); err != nil {
 		if cause := context.Cause(cctx); cause != nil && ctx.Err() == nil {
 			return errors.Join(err, cause)
 		}
@@ -392,7 +349,7 @@ func (s *Supervisor) check(ctx context.Context, f func(context.Context) error) e
 }
 
 // retry calls f until it succeeds or ctx ends, with backoff between calls.
-func (s *Supervisor) retry(ctx context.Context, f func(context.Context) error) error {
+func (s *Supervisor) retry(ctx context.Context, port int, f func(context.Context) error) error {
 	for attempt := 0; ; attempt++ {
 		err := f(ctx)
 		if err == nil || ctx.Err() != nil {
@@ -400,7 +357,7 @@ func (s *Supervisor) retry(ctx context.Context, f func(context.Context) error) e
 		}
 		d := s.o.regRetry.Delay(attempt)
 		t := s.o.clock.NewTimer(d)
-		s.emit(Event{Kind: EventRegistryRetry, Delay: d, Err: err})
+		s.emit(Event{Kind: EventRegistryRetry, Port: port, Delay: d, Err: err})
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -410,52 +367,72 @@ func (s *Supervisor) retry(ctx context.Context, f func(context.Context) error) e
 	}
 }
 
-// deregister takes the instance out of every registry, retrying for up to
-// the deregistration timeout even if ctx has ended: a dead child must not
-// stay routable because the supervisor is also stopping.
-func (s *Supervisor) deregister(ctx context.Context) {
-	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+// deregister takes a copy's instance out of every registry, retrying for
+// up to the deregistration timeout: a dead child must not stay routable
+// because the supervisor is also stopping.
+func (s *Supervisor) deregister(p *proc) {
+	dctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	t := s.o.clock.AfterFunc(s.o.deregTimeout, cancel)
 	defer t.Stop()
-	err := s.retry(dctx, func(ctx context.Context) error { return s.multi.Deregister(ctx, s.spec.Instance) })
-	s.emit(Event{Kind: EventDeregistered, Err: err})
+	err := s.retry(dctx, p.port, func(ctx context.Context) error { return s.multi.Deregister(ctx, p.inst) })
+	s.emit(Event{Kind: EventDeregistered, PID: p.c.pid, Port: p.port, Err: err})
 }
 
-// drainOptions are the offline protocol's options; c is nil when New
-// only checks them.
-func (s *Supervisor) drainOptions(c *child) []drain.Option {
+// drainOptions are the offline protocol's options; p is nil when New only
+// checks them. idle says whether to wait for the port's connections to go
+// quiet before SIGTERM (pointless for a copy that never took traffic).
+func (s *Supervisor) drainOptions(p *proc, idle bool) []drain.Option {
 	opts := []drain.Option{
 		drain.WithBudget(s.o.budget),
-		drain.WithEventHook(func(e drain.Event) { s.emit(Event{Kind: EventDrain, Drain: &e}) }),
+		drain.WithEventHook(func(e drain.Event) {
+			ev := Event{Kind: EventDrain, Drain: &e}
+			if p != nil {
+				ev.PID, ev.Port = p.c.pid, p.port
+			}
+			s.emit(ev)
+		}),
 	}
-	var terminate, idle func(context.Context) error = noop, noop
-	if c != nil {
-		terminate, idle = s.terminate(c), s.awaitIdle(c)
+	var terminate, awaitIdle func(context.Context) error = noop, noop
+	port := s.spec.Instance.Port
+	if p != nil {
+		terminate, awaitIdle, port = s.terminate(p), s.awaitIdle(p), p.port
 	}
 	// Hooks run in reverse order: idle connections first, then SIGTERM.
 	opts = append(opts, drain.WithStopHook("terminate", terminate))
-	if s.spec.Instance.Port > 0 {
-		opts = append(opts, drain.WithStopHook("idle-connections", idle))
+	if idle && port > 0 {
+		opts = append(opts, drain.WithStopHook("idle-connections", awaitIdle))
 	}
 	return append(opts, s.o.drainOpts...)
 }
 
 func noop(context.Context) error { return nil }
 
-// offline takes a running child offline with the drain protocol.
-// registered says whether the instance may be in the registries.
-func (s *Supervisor) offline(c *child, registered bool) error {
-	opts := s.drainOptions(c)
+// offline takes a running copy offline with the drain protocol: out of the
+// registries (if registered says it may be in them) and confirmed, its
+// connections quiet, SIGTERM, SIGKILL at the deadline. It returns once the
+// child is reaped. Force cuts it short.
+func (s *Supervisor) offline(p *proc, registered bool) error {
+	c := p.c
+	opts := s.drainOptions(p, registered)
 	if registered {
-		opts = append(opts, drain.WithRegistries(s.spec.Registries...), drain.WithInstance(s.spec.Instance))
+		opts = append(opts, drain.WithRegistries(s.spec.Registries...), drain.WithInstance(p.inst))
 	}
 	co, err := drain.New(&drain.Tracker{}, opts...)
 	if err != nil {
 		return errors.Join(fmt.Errorf("supervisor: offline protocol: %w", err), s.reap(c))
 	}
+	stopForce := make(chan struct{})
+	go func() {
+		select {
+		case <-s.forced:
+			co.Force()
+		case <-stopForce:
+		}
+	}()
 	// The budget bounds the protocol; nothing else should cut it short.
 	_, err = co.Offline(context.Background())
+	close(stopForce)
 	if !c.exited() { // only if a hook failed to stop it
 		err = errors.Join(err, s.reap(c))
 	}
@@ -468,22 +445,29 @@ func (s *Supervisor) offline(c *child, registered bool) error {
 		// handler; SIGKILL is already reported by the protocol's error.
 		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: "exited during offline"}
 	}
-	s.emit(Event{Kind: EventExited, PID: c.pid, Code: code, Signal: sig, Err: exitErr})
+	s.emit(Event{Kind: EventExited, PID: c.pid, Port: p.port, Code: code, Signal: sig, Err: exitErr})
 	return errors.Join(err, exitErr)
 }
 
-// awaitIdle is the stop hook that runs first: it waits until the
-// instance's port has had no established connection for the quiet window,
-// leaving the stop grace of the budget for the child to exit. Connections
-// still open then (idle keep-alives, typically) do not fail the offline:
-// the child's own graceful shutdown after SIGTERM closes them. They are
-// reported with EventConnsBusy.
-func (s *Supervisor) awaitIdle(c *child) func(context.Context) error {
+// reap kills the group and waits for the child, for paths that give up.
+func (s *Supervisor) reap(c *child) error {
+	err := c.signal(syscall.SIGKILL)
+	<-c.done
+	return err
+}
+
+// awaitIdle is the stop hook that runs first: it waits until the copy's
+// port has had no established connection for the quiet window, leaving the
+// stop grace of the budget for the child to exit. Connections still open
+// then (idle keep-alives, typically) do not fail the offline: the child's
+// own graceful shutdown after SIGTERM closes them. They are reported with
+// EventConnsBusy.
+func (s *Supervisor) awaitIdle(p *proc) func(context.Context) error {
 	return func(ctx context.Context) error {
-		if c.exited() {
+		if p.c.exited() {
 			return nil
 		}
-		counter, err := conncount.New(s.spec.Instance.Port)
+		counter, err := conncount.New(p.port)
 		if err != nil {
 			return fmt.Errorf("supervisor: %w", err)
 		}
@@ -494,20 +478,21 @@ func (s *Supervisor) awaitIdle(c *child) func(context.Context) error {
 			defer cancel()
 		}
 		if err := counter.WaitIdle(wctx, s.o.connQuiet, connPoll); err != nil {
-			s.emit(Event{Kind: EventConnsBusy, PID: c.pid, Err: err})
+			s.emit(Event{Kind: EventConnsBusy, PID: p.c.pid, Port: p.port, Err: err})
 		}
 		return nil
 	}
 }
 
-// terminate is the stop hook that sends SIGTERM to the child's group and
-// waits for the child to exit; at the deadline it sends SIGKILL.
-func (s *Supervisor) terminate(c *child) func(context.Context) error {
+// terminate is the stop hook that sends SIGTERM to the copy's group and
+// waits for it to exit; at the deadline (or on Force) it sends SIGKILL.
+func (s *Supervisor) terminate(p *proc) func(context.Context) error {
+	c := p.c
 	return func(ctx context.Context) error {
 		if c.exited() {
 			return nil
 		}
-		s.emit(Event{Kind: EventSignaled, PID: c.pid, Signal: syscall.SIGTERM})
+		s.emit(Event{Kind: EventSignaled, PID: c.pid, Port: p.port, Signal: syscall.SIGTERM})
 		if err := c.signal(syscall.SIGTERM); err != nil {
 			return err
 		}
@@ -516,7 +501,7 @@ func (s *Supervisor) terminate(c *child) func(context.Context) error {
 			return nil
 		case <-ctx.Done():
 		}
-		s.emit(Event{Kind: EventSignaled, PID: c.pid, Signal: syscall.SIGKILL})
+		s.emit(Event{Kind: EventSignaled, PID: c.pid, Port: p.port, Signal: syscall.SIGKILL})
 		err := c.signal(syscall.SIGKILL)
 		<-c.done
 		return errors.Join(fmt.Errorf("supervisor: child %d did not exit after SIGTERM; sent SIGKILL: %w", c.pid, context.Cause(ctx)), err)

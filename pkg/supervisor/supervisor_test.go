@@ -189,12 +189,12 @@ func TestNotRegisteredUntilReady(t *testing.T) {
 	open := make(chan struct{})
 	h := newHarness(t, harnessOpts{
 		noAdvance: true,
-		ready: func(h *harness) func(context.Context) error {
+		ready: func(h *harness) Check {
 			check := HTTPCheck(h.url + "/healthz")
-			return func(ctx context.Context) error {
+			return func(ctx context.Context, port int) error {
 				select {
 				case <-open:
-					return check(ctx)
+					return check(ctx, port)
 				default:
 					return errors.New("not yet")
 				}
@@ -367,8 +367,8 @@ func TestCancelBeforeReady(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{
 		noAdvance: true,
-		ready: func(*harness) func(context.Context) error {
-			return func(context.Context) error { return errors.New("never") }
+		ready: func(*harness) Check {
+			return func(context.Context, int) error { return errors.New("never") }
 		},
 	})
 	h.run()
@@ -396,7 +396,8 @@ func TestLivenessFailureKillsAndRestarts(t *testing.T) {
 	h.sup.spec.Live = HTTPCheck(h.url + "/healthz")
 	h.run()
 	first := h.next(EventStarted)
-	last := h.next(EventRegistered)
+	last := h.next(EventReady) // liveness checks begin once a copy is ready
+	h.next(EventRegistered)
 	h.get("/hang")
 	for k := 1; k <= 2; k++ {
 		h.armed(last) // the liveness interval's timer
@@ -434,7 +435,7 @@ func TestLivenessFailureKillsAndRestarts(t *testing.T) {
 func TestNewRejects(t *testing.T) {
 	t.Parallel()
 	inst := registry.Instance{Service: "web", Address: "127.0.0.1", Port: 8080}
-	ok := func(context.Context) error { return nil }
+	ok := func(context.Context, int) error { return nil }
 	tests := []struct {
 		name string
 		spec Spec
@@ -447,6 +448,11 @@ func TestNewRejects(t *testing.T) {
 		{"nil registry", Spec{Path: "x", Ready: ok, Instance: inst, Registries: []registry.Registry{nil}}, nil, "nil registry"},
 		{"bad intensity", Spec{Path: "x"}, []Option{WithRestartIntensity(-1, time.Second)}, "must be positive"},
 		{"grace over budget", Spec{Path: "x"}, []Option{WithBudget(time.Second), WithStopGrace(2 * time.Second)}, "stop grace"},
+		{"standby without port", Spec{Path: "x"}, []Option{WithStandby()}, "set Spec.StandbyPort"},
+		{"recycle without port", Spec{Path: "x", Instance: inst}, []Option{WithRecycle(time.Hour, 0)}, "set Spec.StandbyPort"},
+		{"standby port is the port", Spec{Path: "x", Instance: inst, StandbyPort: 8080}, []Option{WithStandby()}, "port of its own"},
+		{"standby port without port", Spec{Path: "x", StandbyPort: 8081}, nil, "needs Spec.Instance.Port"},
+		{"standby port out of range", Spec{Path: "x", Instance: inst, StandbyPort: 70000}, nil, "not a port"},
 		{"drain budget too small", Spec{Path: "x"}, []Option{WithBudget(time.Second), WithDrainOptions(drain.WithQuietWindow(time.Hour))}, "offline protocol"},
 	}
 	for _, tc := range tests {

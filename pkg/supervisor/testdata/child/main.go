@@ -7,7 +7,9 @@
 //	-mode=exit0        exit 0 at once, before listening
 //
 // and over HTTP: GET /crash exits with -code, GET /exit0 exits 0, GET /hang
-// makes /healthz hang until the client gives up.
+// makes /healthz hang until the client gives up, GET /leak?mb=N allocates
+// and keeps N MiB (touched, so it counts in RSS), GET /slow?ms=N answers
+// after N milliseconds, and GET /pid answers the process ID.
 package main
 
 import (
@@ -18,8 +20,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 func main() {
@@ -56,6 +61,29 @@ func main() {
 	mux.HandleFunc("/crash", func(http.ResponseWriter, *http.Request) { os.Exit(*code) })
 	mux.HandleFunc("/exit0", func(http.ResponseWriter, *http.Request) { os.Exit(0) })
 	mux.HandleFunc("/hang", func(w http.ResponseWriter, _ *http.Request) { hang.Store(true) })
+	var leakMu sync.Mutex
+	var leaked [][]byte
+	mux.HandleFunc("/leak", func(w http.ResponseWriter, r *http.Request) {
+		mb, err := strconv.Atoi(r.URL.Query().Get("mb"))
+		if err != nil || mb <= 0 {
+			http.Error(w, "want ?mb=N with N > 0", http.StatusBadRequest)
+			return
+		}
+		b := make([]byte, mb<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1 // touch every page, so it is resident
+		}
+		leakMu.Lock()
+		leaked = append(leaked, b)
+		leakMu.Unlock()
+		fmt.Fprintln(w, "leaked", mb, "MiB")
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/pid", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, os.Getpid()) })
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	fmt.Printf("listening on %s pid %d\n", ln.Addr(), os.Getpid())
