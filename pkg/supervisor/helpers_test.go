@@ -50,21 +50,26 @@ func TestMain(m *testing.M) {
 type recorded struct {
 	Event
 	visible    int
+	ports      []int           // the ports of the visible instances
 	timerAdded <-chan struct{} // closed when the next timer after the event is armed
 }
 
 type harness struct {
-	t      *testing.T
-	clk    *clock.Fake
-	reg    *memory.Registry
-	inst   registry.Instance
-	url    string
-	out    *syncBuffer
-	events chan recorded
+	t       *testing.T
+	clk     *clock.Fake
+	reg     *memory.Registry
+	inst    registry.Instance
+	url     string // the first copy's base URL
+	url2    string // the second copy's, with standby
+	port2   int
+	out     *syncBuffer
+	events  chan recorded
+	backlog []recorded // read past by nextAt, for a later nextAt
 
-	mu   sync.Mutex
-	pids []int
-	seen []string
+	mu         sync.Mutex
+	pids       []int
+	seen       []string
+	exitedPIDs map[int]bool
 
 	sup    *Supervisor
 	cancel context.CancelFunc
@@ -74,8 +79,10 @@ type harness struct {
 type harnessOpts struct {
 	mode        string
 	ready       func(h *harness) Check // default HTTPCheck of /healthz
-	noAdvance   bool                                         // do not advance the clock on EventNotReady
+	noAdvance   bool                   // do not advance the clock on EventNotReady
 	noRegistry  bool
+	standby     bool        // a second port: Spec.StandbyPort, {port} in the args and the check
+	realClock   bool        // the real clock, for tests driven by recycling's ticks
 	onEvent     func(Event) // called synchronously from the hook, first
 	supervisorO []Option
 }
@@ -108,19 +115,27 @@ func newHarness(t *testing.T, ho harnessOpts) *harness {
 		Path: childBin,
 		Args: []string{"-mode=" + ho.mode, "-addr=127.0.0.1:" + strconv.Itoa(port)},
 	}
+	check := HTTPCheck(h.url + "/healthz")
+	if ho.standby {
+		h.port2 = freePort(t)
+		h.url2 = fmt.Sprintf("http://127.0.0.1:%d", h.port2)
+		spec.StandbyPort = h.port2
+		spec.Args[1] = "-addr=127.0.0.1:" + PortPlaceholder
+		check = HTTPCheck("http://127.0.0.1:" + PortPlaceholder + "/healthz")
+	}
 	if !ho.noRegistry {
 		spec.Instance, spec.Registries = h.inst, []registry.Registry{reg}
 	}
 	if ho.ready != nil {
 		spec.Ready = ho.ready(h)
 	} else {
-		spec.Ready = HTTPCheck(h.url + "/healthz")
+		spec.Ready = check
 	}
 	hook := func(e Event) {
 		if ho.onEvent != nil {
 			ho.onEvent(e)
 		}
-		r := recorded{Event: e, visible: len(reg.Instances("web")), timerAdded: h.clk.TimerAdded()}
+		r := recorded{Event: e, visible: len(reg.Instances("web")), ports: h.visiblePorts(), timerAdded: h.clk.TimerAdded()}
 		if e.Kind == EventStarted {
 			h.mu.Lock()
 			h.pids = append(h.pids, e.PID)
@@ -134,8 +149,12 @@ func newHarness(t *testing.T, ho harnessOpts) *harness {
 		}
 		h.events <- r
 	}
+	var clk Option = withClock(h.clk)
+	if ho.realClock {
+		clk = withClock(clock.Real{})
+	}
 	opts := append([]Option{
-		withClock(h.clk),
+		clk,
 		WithEventHook(hook),
 		WithOutput(h.out, h.out),
 		WithBudget(5 * time.Second),
@@ -150,6 +169,15 @@ func newHarness(t *testing.T, ho harnessOpts) *harness {
 		h.checkNoProcessGroups()
 	})
 	return h
+}
+
+// ports returns the ports of the instances consumers see.
+func (h *harness) visiblePorts() []int {
+	var ports []int
+	for _, in := range h.reg.Instances("web") {
+		ports = append(ports, in.Port)
+	}
+	return ports
 }
 
 func (h *harness) run() {
@@ -248,6 +276,12 @@ func (h *harness) note(e recorded) {
 	}
 	h.mu.Lock()
 	h.seen = append(h.seen, s)
+	if e.Kind == EventExited {
+		if h.exitedPIDs == nil {
+			h.exitedPIDs = map[int]bool{}
+		}
+		h.exitedPIDs[e.PID] = true
+	}
 	h.mu.Unlock()
 }
 
@@ -268,11 +302,14 @@ func (h *harness) armed(e recorded) {
 	}
 }
 
-// get asks the child to do something; the child may die before answering.
-func (h *harness) get(path string) {
+// get asks the first copy to do something; it may die before answering.
+func (h *harness) get(path string) { h.getAt(h.url, path) }
+
+// getAt asks the copy at base to do something.
+func (h *harness) getAt(base, path string) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, h.url+path, nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
 	if resp, err := checkClient.Do(req); err == nil {
 		resp.Body.Close()
 	}

@@ -44,6 +44,7 @@ type proc struct {
 	reason       error // the liveness failure it was killed for
 	exitSeen     bool
 	offlined     bool
+	offlineErr   error
 
 	retires  *proc         // the copy this one replaces once it is registered
 	promoted bool          // it was a standby; announce EventPromoted when registered
@@ -274,31 +275,37 @@ func (r *runLoop) handle(m msg) {
 		r.died(p)
 
 	case msgOfflined:
-		p.offlined = true
+		p.offlined, p.offlineErr = true, m.err
 		r.forget(p)
-		if !p.recycle || r.stopping {
-			if m.err != nil {
-				r.errs = append(r.errs, m.err)
-			}
-			return
-		}
-		s.emit(Event{Kind: EventRecycled, PID: p.c.pid, Port: p.port, Err: m.err})
-		if s.o.standby && r.restart[p.slot] == nil && r.occupant(p.slot) == nil {
-			r.startCopy(p.slot, roleStandby) // a fresh standby, no backoff: nothing failed
-		}
 	}
 }
 
-// forget drops a copy that is done with.
+// forget drops a copy that is done with: reaped, and its offline (if any)
+// over. Those two reports come in either order.
 func (r *runLoop) forget(p *proc) {
-	if p.exitSeen && (!p.offlining || p.offlined) {
-		delete(r.live, p)
-		if r.active == p {
-			r.active = nil
+	if !p.exitSeen || (p.offlining && !p.offlined) || !r.live[p] {
+		return
+	}
+	delete(r.live, p)
+	if r.active == p {
+		r.active = nil
+	}
+	if r.standby == p {
+		r.standby = nil
+	}
+	if !p.offlining {
+		return
+	}
+	s := r.s
+	if !p.recycle || r.stopping {
+		if p.offlineErr != nil {
+			r.errs = append(r.errs, p.offlineErr)
 		}
-		if r.standby == p {
-			r.standby = nil
-		}
+		return
+	}
+	s.emit(Event{Kind: EventRecycled, PID: p.c.pid, Port: p.port, Err: p.offlineErr})
+	if s.o.standby && r.restart[p.slot] == nil && r.occupant(p.slot) == nil {
+		r.startCopy(p.slot, roleStandby) // a fresh standby, no backoff: nothing failed
 	}
 }
 
