@@ -233,3 +233,27 @@ func TestForceCutsOfflineShort(t *testing.T) {
 		t.Fatalf("want an error wrapping drain.ErrForced, got %v", err)
 	}
 }
+
+func TestRegistryOutageRetriesRegistration(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	h.reg.SetFault(errors.New("registry down"))
+	h.run()
+	h.next(EventReady)
+	for k := 0; k < 3; k++ {
+		e := h.next(EventRegistryRetry)
+		if e.Err == nil || !strings.Contains(e.Err.Error(), "registry down") {
+			t.Fatalf("want the registry's error in the retry event, got %v", e.Err)
+		}
+		if k == 2 {
+			h.reg.SetFault(nil)
+		}
+		h.clk.Advance(e.Delay)
+	}
+	if e := h.next(EventRegistered); !slices.Equal(e.ports, []int{h.inst.Port}) {
+		t.Fatalf("want the instance registered once the registry is back, got ports %v", e.ports)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatalf("want nil from Run after cancel, got %v", err)
+	}
+}
