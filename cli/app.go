@@ -7,7 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	ucli "github.com/urfave/cli/v2"
 
@@ -118,14 +122,138 @@ func helpFlag() ucli.Flag {
 
 // Main runs the app with args and returns the process exit code. Errors are
 // printed as one line, never a stack trace.
+//
+// When ctx comes from Interrupts.Context, a second interrupt ends Main
+// promptly with ExitForced: a command that handles it (run: SIGKILL to
+// its children) is waited for; any other is left behind, for the process
+// to exit.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	app := App(stdout, stderr)
-	err := app.RunContext(ctx, args)
+	return runApp(ctx, App(stdout, stderr), args, stderr)
+}
+
+func runApp(ctx context.Context, app *ucli.App, args []string, stderr io.Writer) int {
+	in, _ := ctx.Value(interruptsKey{}).(*Interrupts)
+	if in == nil {
+		return report(app.RunContext(ctx, args), stderr)
+	}
+	done := make(chan error, 1)
+	go func() { done <- app.RunContext(ctx, args) }()
+	select {
+	case err := <-done:
+		return report(err, stderr)
+	case <-in.forced:
+	}
+	if in.claimed.Load() {
+		select {
+		case err := <-done:
+			return report(err, stderr)
+		case <-in.abandon:
+		}
+	}
+	select {
+	case err := <-done: // it ended in the meantime: its own report is better
+		return report(err, stderr)
+	default:
+	}
+	fmt.Fprintln(stderr, "lameduck: stopped at once by a second signal")
+	return ExitForced
+}
+
+func report(err error, stderr io.Writer) int {
 	var e *exitError
 	if err != nil && !(errors.As(err, &e) && e.quiet) {
 		fmt.Fprintf(stderr, "lameduck: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	return ExitCode(err)
+}
+
+// Interrupts turns the process's stop signals into what the commands do.
+// The first interrupt cancels the context commands run under (Context), so
+// they finish gracefully: run takes its programs offline. The second forces
+// the stop: a command that claimed it (run, which sends SIGKILL to its
+// children) ends with exit code 4, and Main ends any other command at once
+// with exit code 4. From the third on, Main returns at once whatever the
+// command is doing.
+//
+// cli/lameduck's main wires SIGTERM and SIGINT to it with Notify; tests
+// call Interrupt. Its methods are safe for concurrent use.
+type Interrupts struct {
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	forced  chan struct{} // closed by the second interrupt
+	abandon chan struct{} // closed by the third
+	claimed atomic.Bool   // a command handles forced itself
+
+	mu sync.Mutex
+	n  int
+}
+
+type interruptsKey struct{}
+
+// NewInterrupts returns Interrupts whose Context derives from parent.
+func NewInterrupts(parent context.Context) *Interrupts {
+	ctx, cancel := context.WithCancelCause(parent)
+	in := &Interrupts{cancel: cancel, forced: make(chan struct{}), abandon: make(chan struct{})}
+	in.ctx = context.WithValue(ctx, interruptsKey{}, in)
+	return in
+}
+
+// Context is the context to pass to Main: it ends at the first interrupt
+// (context.Cause names the signal), and carries in for Main and the
+// commands.
+func (in *Interrupts) Context() context.Context { return in.ctx }
+
+// Interrupt counts one stop request; sig names it in the context's cause
+// and may be nil.
+func (in *Interrupts) Interrupt(sig os.Signal) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.n++
+	switch in.n {
+	case 1:
+		in.cancel(fmt.Errorf("cli: interrupted by %v", sig))
+	case 2:
+		close(in.forced)
+	case 3:
+		close(in.abandon)
+	}
+}
+
+// Notify relays sigs to Interrupt until stop is called. It does not block.
+func (in *Interrupts) Notify(sigs ...os.Signal) (stop func()) {
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, sigs...)
+	quit := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-ch:
+				in.Interrupt(s)
+			case <-quit:
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			signal.Stop(ch)
+			close(quit)
+		})
+	}
+}
+
+// forceRequested returns a channel closed by the second interrupt, and
+// tells Main that the calling command handles it (it must then end
+// promptly once the channel is closed). Without Interrupts in ctx it
+// returns nil: a channel that never fires.
+func forceRequested(ctx context.Context) <-chan struct{} {
+	in, _ := ctx.Value(interruptsKey{}).(*Interrupts)
+	if in == nil {
+		return nil
+	}
+	in.claimed.Store(true)
+	return in.forced
 }
 
 // registryFlags are the flags every command that talks to registries takes.

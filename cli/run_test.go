@@ -4,14 +4,24 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	ucli "github.com/urfave/cli/v2"
+
+	"github.com/lameduck/lameduck/pkg/supervisor"
 )
 
 func TestRunBadInput(t *testing.T) {
@@ -100,5 +110,499 @@ func TestRunBinarySupervisesAndStops(t *testing.T) {
 	if conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second); err == nil {
 		conn.Close()
 		t.Fatalf("want nothing serving on port %d after the supervisor exited, the child still answers", port)
+	}
+}
+
+// The new flags' mistakes: one line, exit 2, what to write instead, and no
+// credential echoed.
+func TestRunFlagsBadInput(t *testing.T) {
+	t.Parallel()
+	base := []string{"--registry", "memory://", "--service", "web", "--port", "8080"}
+	with := func(args ...string) []string {
+		return append(append(append([]string(nil), base...), args...), "--", "./web")
+	}
+	runBadInput(t, "run", []badInputCase{
+		{"rss without unit", with("--recycle-rss", "512M"), `--recycle-rss "512M" is not a size; want one such as 512MiB, 1GiB, 300MB or a number of bytes`},
+		{"rss words", with("--recycle-rss", "lots"), `--recycle-rss "lots" is not a size`},
+		{"negative age", with("--recycle-after", "-1h"), "--recycle-after -1h0m0s: want a positive duration"},
+		{"standby port alone", with("--standby-port", "9000"), "--standby-port 9000: is only used with standby, recycle-after or recycle-rss"},
+		{"standby id alone", with("--standby-id", "web-2"), `--standby-id "web-2": is only used with standby`},
+		{"standby port is port", with("--standby", "--standby-port", "8080"), "--standby-port 8080: is the program's own port"},
+		{"standby port out of range", with("--standby", "--standby-port", "70000"), "--standby-port 70000: want a port between 1 and 65535"},
+		{"no room for standby", []string{"--registry", "memory://", "--service", "web", "--port", "65535", "--standby", "--", "./web"}, "--port 65535: leaves no port+1 for the second copy; give standby-port"},
+		{"same ids", with("--standby", "--id", "a", "--standby-id", "a"), `--standby-id "a": is the first copy's ID`},
+		{"ready not http", with("--ready", "tcp://127.0.0.1:8080"), `--ready "tcp://127.0.0.1:8080": want an http:// or https:// URL such as http://127.0.0.1:{port}/healthz`},
+		{"ready with credentials", with("--ready", "http://u:"+secret+"@127.0.0.1:8080/"), `--ready "http://***@127.0.0.1:8080/": carries credentials`},
+		{"live one port for two copies", with("--standby", "--live", "http://127.0.0.1:9999/healthz"), "--live \"http://127.0.0.1:9999/healthz\": names neither the program's port nor {port}"},
+		{"metrics not host:port", with("--metrics", "9464"), `--metrics: admin: address "9464" is not host:port`},
+		{"bad addr", append([]string{"--addr", ""}, with()...), "--addr \"\": instance of \"web\" has an empty address"},
+	})
+}
+
+// --metrics off loopback needs a token, which /metrics then requires.
+func TestRunMetricsOffLoopbackNeedsToken(t *testing.T) {
+	t.Parallel()
+	code, stdout, stderr := run(t, "run", "--registry", "memory://", "--service", "web", "--port", "8080",
+		"--metrics", "0.0.0.0:9464", "--", "./web")
+	if code != ExitBadInput {
+		t.Fatalf("want exit code %d, got %d (stderr %q)", ExitBadInput, code, stderr)
+	}
+	checkOneLine(t, stdout, stderr, "is not loopback; bind 127.0.0.1 or set a token (--admin-token or LAMEDUCK_ADMIN_TOKEN; /metrics then requires it)")
+}
+
+// watchBuffer is an io.Writer safe for concurrent use whose readers can
+// wait for a string to appear.
+type watchBuffer struct {
+	mu      sync.Mutex
+	b       strings.Builder
+	changed chan struct{} // closed and replaced at every write
+}
+
+func newWatchBuffer() *watchBuffer { return &watchBuffer{changed: make(chan struct{})} }
+
+func (w *watchBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.b.Write(p)
+	close(w.changed)
+	w.changed = make(chan struct{})
+	return len(p), nil
+}
+
+func (w *watchBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// waitFor waits until the text matches re and returns the submatches of
+// the first match.
+func (w *watchBuffer) waitFor(t *testing.T, re *regexp.Regexp, timeout time.Duration) []string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		w.mu.Lock()
+		m := re.FindStringSubmatch(w.b.String())
+		ch := w.changed
+		w.mu.Unlock()
+		if m != nil {
+			return m
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("want output matching %q within %v, got:\n%s", re, timeout, w.String())
+		}
+	}
+}
+
+// mainRun is one in-process run of Main under Interrupts that a test
+// drives by hand.
+type mainRun struct {
+	in     *Interrupts
+	stdout *watchBuffer
+	stderr *watchBuffer
+	code   chan int
+}
+
+func startMain(t *testing.T, args ...string) *mainRun {
+	t.Helper()
+	m := &mainRun{in: NewInterrupts(context.Background()), stdout: newWatchBuffer(), stderr: newWatchBuffer(), code: make(chan int, 1)}
+	go func() { m.code <- Main(m.in.Context(), append([]string{"lameduck"}, args...), m.stdout, m.stderr) }()
+	t.Cleanup(func() {
+		select {
+		case <-m.code:
+		default:
+			m.in.Interrupt(syscall.SIGTERM)
+			m.in.Interrupt(syscall.SIGTERM)
+			m.in.Interrupt(syscall.SIGTERM)
+		}
+	})
+	return m
+}
+
+// wait returns Main's exit code, failing the test if it takes longer than
+// timeout.
+func (m *mainRun) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case code := <-m.code:
+		m.code <- code // for Cleanup
+		return code
+	case <-time.After(timeout):
+		t.Fatalf("want lameduck to exit within %v, it is still running; stdout:\n%s\nstderr:\n%s", timeout, m.stdout, m.stderr)
+		return 0
+	}
+}
+
+// childBinary builds the supervisor tests' child into the test's own
+// directory (the build cache makes every build after the first quick).
+func childBinary(t *testing.T) string {
+	t.Helper()
+	return build(t, t.TempDir(), "child", "../pkg/supervisor/testdata/child")
+}
+
+// groupGone reports whether no process is left in process group pgid.
+func groupGone(pgid int) bool {
+	return errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH)
+}
+
+var (
+	listeningRe = regexp.MustCompile(`\[(\w+)\] listening on 127\.0\.0\.1:(\d+) pid (\d+)`)
+	gotTermRe   = regexp.MustCompile(`\[child\] got SIGTERM`)
+)
+
+// The second interrupt forces `run`: the child, which ignores SIGTERM, gets
+// SIGKILL at once instead of at the end of the minute-long budget; exit 4,
+// and nothing is left of its process group.
+func TestRunSecondInterruptForces(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a child process")
+	}
+	t.Parallel()
+	bin := childBinary(t)
+	port := freePort(t)
+	m := startMain(t, "run", "--registry", "memory://", "--service", "web", "--port", strconv.Itoa(port), "--budget", "60s",
+		"--", bin, "-mode=ignore-term", "-addr", "127.0.0.1:{port}")
+	match := m.stdout.waitFor(t, listeningRe, 30*time.Second)
+	if match[2] != strconv.Itoa(port) {
+		t.Fatalf("want {port} in the arguments replaced with %d, the child listens on %s", port, match[2])
+	}
+	pid, _ := strconv.Atoi(match[3])
+	m.in.Interrupt(syscall.SIGTERM)
+	m.stdout.waitFor(t, gotTermRe, 30*time.Second) // the offline reached SIGTERM, which the child ignores
+	forcedAt := time.Now()
+	m.in.Interrupt(syscall.SIGTERM)
+	if code := m.wait(t, 10*time.Second); code != ExitForced {
+		t.Fatalf("want exit code %d after a second interrupt, got %d; stderr:\n%s", ExitForced, code, m.stderr)
+	}
+	if took := time.Since(forcedAt); took > 5*time.Second {
+		t.Errorf("want the forced stop within 5s, took %v", took)
+	}
+	if !groupGone(pid) {
+		t.Errorf("want nothing left of the child's process group %d, it still has processes", pid)
+	}
+	if !strings.Contains(m.stderr.String(), "forced") {
+		t.Errorf("want the error line to say the stop was forced, got %q", m.stderr)
+	}
+}
+
+// The same, as a user runs it: two SIGTERMs to the lameduck process.
+func TestRunBinaryTwoSIGTERMs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs two binaries")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	lameduck := build(t, dir, "lameduck", "./lameduck")
+	bin := childBinary(t)
+	port := freePort(t)
+	out := newWatchBuffer()
+	cmd := exec.Command(lameduck, "run", "--registry", "memory://", "--service", "web", "--port", strconv.Itoa(port),
+		"--budget", "60s", "--", bin, "-mode=ignore-term", "-addr", "127.0.0.1:{port}")
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	exited := make(chan struct{})
+	go func() {
+		done <- cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	match := out.waitFor(t, listeningRe, 30*time.Second)
+	pid, _ := strconv.Atoi(match[3])
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	out.waitFor(t, gotTermRe, 30*time.Second)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != ExitForced {
+			t.Fatalf("want exit code %d after two SIGTERMs, got %v; output:\n%s", ExitForced, err, out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("want lameduck to exit within 10s of the second SIGTERM; output:\n%s", out)
+	}
+	if !groupGone(pid) {
+		t.Errorf("want nothing left of the child's process group %d, it still has processes", pid)
+	}
+}
+
+// A command that does not handle the second interrupt is left behind: Main
+// returns 4 at once. One that handles it is waited for, until a third.
+func TestMainSecondInterrupt(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	claimed := make(chan struct{})
+	// A fresh App per run: urfave/cli's App is not safe for concurrent runs.
+	newApp := func() *ucli.App {
+		return &ucli.App{
+			Name:            "test",
+			ExitErrHandler:  func(*ucli.Context, error) {},
+			HideHelp:        true, // urfave/cli's shared help flag races between parallel apps; see helpFlag
+			HideHelpCommand: true,
+			Flags:           []ucli.Flag{helpFlag()},
+			Commands: withUsageErrors(
+				&ucli.Command{Name: "stuck", Action: func(c *ucli.Context) error { <-release; return nil }},
+				&ucli.Command{Name: "graceful", Action: func(c *ucli.Context) error { <-c.Context.Done(); return nil }},
+				&ucli.Command{Name: "claims", Action: func(c *ucli.Context) error {
+					forceRequested(c.Context)
+					close(claimed)
+					<-release
+					return nil
+				}},
+			),
+		}
+	}
+	start := func(cmd string) (*Interrupts, *watchBuffer, chan int) {
+		in := NewInterrupts(context.Background())
+		stderr := newWatchBuffer()
+		code := make(chan int, 1)
+		go func() { code <- runApp(in.Context(), newApp(), []string{"test", cmd}, stderr) }()
+		return in, stderr, code
+	}
+	waitCode := func(t *testing.T, code chan int) int {
+		t.Helper()
+		select {
+		case c := <-code:
+			return c
+		case <-time.After(10 * time.Second):
+			t.Fatal("want Main to return within 10s, it did not")
+			return 0
+		}
+	}
+	t.Run("stuck", func(t *testing.T) {
+		t.Parallel()
+		in, stderr, code := start("stuck")
+		in.Interrupt(syscall.SIGTERM)
+		in.Interrupt(syscall.SIGINT)
+		if c := waitCode(t, code); c != ExitForced {
+			t.Errorf("want exit code %d, got %d", ExitForced, c)
+		}
+		if got := stderr.String(); got != "lameduck: stopped at once by a second signal\n" {
+			t.Errorf("want one line saying the second signal stopped it, got %q", got)
+		}
+	})
+	t.Run("graceful", func(t *testing.T) {
+		t.Parallel()
+		in, _, code := start("graceful")
+		in.Interrupt(syscall.SIGTERM)
+		if c := waitCode(t, code); c != ExitOK {
+			t.Errorf("want exit code %d after one interrupt, got %d", ExitOK, c)
+		}
+		if cause := context.Cause(in.Context()); cause == nil || !strings.Contains(cause.Error(), "terminated") {
+			t.Errorf("want the context's cause to name the signal, got %v", cause)
+		}
+	})
+	t.Run("claims", func(t *testing.T) {
+		t.Parallel()
+		in, _, code := start("claims")
+		select {
+		case <-claimed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the command never started")
+		}
+		in.Interrupt(syscall.SIGTERM)
+		in.Interrupt(syscall.SIGTERM)
+		select {
+		case c := <-code:
+			t.Fatalf("want Main to wait for a command that handles the second interrupt, it returned %d", c)
+		case <-time.After(200 * time.Millisecond):
+		}
+		in.Interrupt(syscall.SIGTERM)
+		if c := waitCode(t, code); c != ExitForced {
+			t.Errorf("want exit code %d after a third interrupt, got %d", ExitForced, c)
+		}
+	})
+}
+
+// scrapeMetrics GETs /metrics from a running `run --metrics`.
+func scrapeMetrics(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// waitMetric polls /metrics (the supervisor's state seen from outside)
+// until every series has its value.
+func waitMetric(t *testing.T, m *mainRun, addr string, want map[string]string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		text := scrapeMetrics(t, addr)
+		ok := true
+		for series, v := range want {
+			if !strings.Contains(text, "\n"+series+" "+v+"\n") {
+				ok = false
+			}
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-tick.C:
+		case code := <-m.code:
+			m.code <- code
+			t.Fatalf("lameduck exited with %d before the metrics showed %v; stderr:\n%s\nstdout:\n%s", code, want, m.stderr, m.stdout)
+		case <-deadline:
+			t.Fatalf("want metrics %v within %v, got:\n%s\nstdout:\n%s", want, timeout, text, m.stdout)
+		}
+	}
+}
+
+func dialOK(port int) bool {
+	conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
+// --config runs the programs side by side: one that gives up leaves the
+// other serving; SIGTERM then takes the rest offline, and the exit code is
+// the worst outcome (1, gave up), with the program named.
+func TestRunConfigProgramsAreIndependent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs child processes")
+	}
+	t.Parallel()
+	bin := childBinary(t)
+	webPort, metricsPort := freePort(t), freePort(t)
+	cfg := writeConfig(t, `
+programs:
+  web:
+    port: `+strconv.Itoa(webPort)+`
+    ready: http://127.0.0.1:`+strconv.Itoa(webPort)+`/healthz
+    command: [`+strconv.Quote(bin)+`, -addr, "127.0.0.1:{port}"]
+  crashy:
+    port: `+strconv.Itoa(freePort(t))+`
+    command: [`+strconv.Quote(bin)+`, -mode=crash]
+`)
+	metrics := "127.0.0.1:" + strconv.Itoa(metricsPort)
+	m := startMain(t, "run", "--registry", "memory://", "--config", cfg, "--budget", "10s", "--metrics", metrics)
+	waitMetric(t, m, metrics, map[string]string{
+		`lameduck_supervisor_gave_up_total{program="crashy"}`:                "1",
+		`lameduck_supervisor_children{program="web",role="active"}`:          "1",
+		`lameduck_supervisor_exits_total{outcome="failed",program="crashy"}`: "6",
+	}, 60*time.Second)
+	if !dialOK(webPort) {
+		t.Fatalf("want web still serving on %d after crashy gave up; stdout:\n%s", webPort, m.stdout)
+	}
+	m.in.Interrupt(syscall.SIGTERM)
+	code := m.wait(t, 30*time.Second)
+	if code != ExitFailed {
+		t.Fatalf("want exit code %d (a program gave up), got %d; stderr:\n%s", ExitFailed, code, m.stderr)
+	}
+	var errLines []string // the children's own stderr lines are "[name] ..."
+	for line := range strings.Lines(m.stderr.String()) {
+		if strings.HasPrefix(line, "lameduck: ") {
+			errLines = append(errLines, line)
+		}
+	}
+	stderr := strings.Join(errLines, "")
+	if len(errLines) != 1 || !strings.Contains(stderr, `lameduck: program "crashy": supervisor: gave up restarting crashy`) {
+		t.Errorf("want one error line naming crashy and why it was given up, got %q", stderr)
+	}
+	if strings.Contains(stderr, `program "web"`) {
+		t.Errorf("want web's clean offline not reported as an error, got %q", stderr)
+	}
+	if !strings.Contains(m.stdout.String(), "[web] got SIGTERM") {
+		t.Errorf("want web taken offline with SIGTERM, got:\n%s", m.stdout)
+	}
+	if dialOK(webPort) {
+		t.Errorf("want nothing serving on %d after lameduck exited", webPort)
+	}
+}
+
+// --standby keeps a second copy on --port + 1, each copy told its own
+// port; both are stopped by SIGTERM.
+func TestRunStandby(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs child processes")
+	}
+	t.Parallel()
+	bin := childBinary(t)
+	port := freePort(t)
+	if !portFree(port + 1) {
+		t.Skipf("port %d, the standby's, is taken", port+1)
+	}
+	metrics := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	m := startMain(t, "run", "--registry", "memory://", "--service", "web", "--port", strconv.Itoa(port), "--standby",
+		"--ready", "http://127.0.0.1:"+strconv.Itoa(port)+"/healthz", "--metrics", metrics,
+		"--", bin, "-addr", "127.0.0.1:{port}")
+	waitMetric(t, m, metrics, map[string]string{
+		`lameduck_supervisor_children{program="child",role="active"}`:  "1",
+		`lameduck_supervisor_children{program="child",role="standby"}`: "1",
+	}, 30*time.Second)
+	for _, p := range []int{port, port + 1} {
+		if !dialOK(p) {
+			t.Errorf("want a copy serving on %d, none answers", p)
+		}
+	}
+	m.in.Interrupt(syscall.SIGTERM)
+	if code := m.wait(t, 30*time.Second); code != ExitOK {
+		t.Fatalf("want exit code 0, got %d; stderr:\n%s", code, m.stderr)
+	}
+	for _, p := range []int{port, port + 1} {
+		if dialOK(p) {
+			t.Errorf("want nothing serving on %d after lameduck exited", p)
+		}
+	}
+}
+
+func portFree(port int) bool {
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
+
+// One slog line per event, at a level that says how bad it is.
+func TestRunLogEvent(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}}))
+	logEvent(log, supervisor.Event{Kind: supervisor.EventStarted, Name: "web", PID: 42, Port: 8081})
+	logEvent(log, supervisor.Event{Kind: supervisor.EventExited, Name: "web", PID: 42, Port: 8081, Code: -1, Signal: syscall.SIGKILL, Err: errors.New("killed")})
+	logEvent(log, supervisor.Event{Kind: supervisor.EventGaveUp, Name: "web", Err: errors.New("too many")})
+	logEvent(log, supervisor.Event{Kind: supervisor.EventPromoted, Name: "web", Port: 8081})
+	want := []string{
+		`level=INFO msg="lameduck run: started" child=web port=8081 pid=42`,
+		`level=WARN msg="lameduck run: exited" child=web port=8081 pid=42 signal=killed err=killed`,
+		`level=ERROR msg="lameduck run: gave-up" child=web err="too many"`,
+		`level=INFO msg="lameduck run: promoted" child=web port=8081`,
+	}
+	got := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if !slices.Equal(got, want) {
+		t.Errorf("want log lines\n%s\ngot\n%s", strings.Join(want, "\n"), strings.Join(got, "\n"))
 	}
 }

@@ -5,15 +5,17 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
 	"syscall"
 
 	"github.com/lameduck/lameduck/cli"
 )
 
+// main: the first SIGTERM or SIGINT lets the command finish gracefully, the
+// second forces it (exit code 4), a third ends the process at once.
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cli.Main(ctx, os.Args, os.Stdout, os.Stderr)
+	in := cli.NewInterrupts(context.Background())
+	stop := in.Notify(os.Interrupt, syscall.SIGTERM)
+	code := cli.Main(in.Context(), os.Args, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

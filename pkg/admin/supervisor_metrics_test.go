@@ -1,0 +1,200 @@
+package admin
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/pkg/supervisor"
+)
+
+func newSupervisorMetrics(t *testing.T, programs ...string) (*SupervisorMetrics, *httptest.Server) {
+	t.Helper()
+	m, err := NewSupervisorMetrics(programs...)
+	if err != nil {
+		t.Fatalf("NewSupervisorMetrics: want metrics, got error %v", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return m, srv
+}
+
+// Every series exists, with its type, before any event, for the programs
+// named up front.
+func TestSupervisorMetricsTypes(t *testing.T) {
+	t.Parallel()
+	_, srv := newSupervisorMetrics(t, "web", "worker")
+	text := scrape(t, srv.URL)
+	for name, typ := range map[string]string{
+		MetricSupervisorRestarts:   "counter",
+		MetricSupervisorPromotions: "counter",
+		MetricSupervisorGaveUp:     "counter",
+		MetricSupervisorExits:      "counter",
+		MetricSupervisorChildren:   "gauge",
+		MetricForcedStops:          "counter",
+	} {
+		if want := "# TYPE " + name + " " + typ + "\n"; !strings.Contains(text, want) {
+			t.Errorf("exposition: want %q, got:\n%s", want, text)
+		}
+	}
+	wantSamples(t, text, "at start", map[string]float64{
+		`lameduck_supervisor_restarts_total{program="web"}`:                  0,
+		`lameduck_supervisor_promotions_total{program="worker"}`:             0,
+		`lameduck_supervisor_gave_up_total{program="web"}`:                   0,
+		`lameduck_supervisor_exits_total{outcome="failed",program="web"}`:    0,
+		`lameduck_supervisor_children{program="web",role="active"}`:          0,
+		`lameduck_supervisor_children{program="worker",role="standby"}`:      0,
+		`lameduck_forced_stops_total{cause="forced",program="worker"}`:       0,
+		`lameduck_supervisor_children{program="worker",role="starting"}`:     0,
+		`lameduck_supervisor_exits_total{outcome="clean",program="worker"}`:  0,
+		`lameduck_supervisor_exits_total{outcome="killed",program="worker"}`: 0,
+	})
+	if strings.Contains(text, "go_goroutines") {
+		t.Errorf("exposition: want only lameduck's metrics on a private registry, got Go runtime metrics")
+	}
+}
+
+// A warm standby's life: two copies start, one is registered, it crashes,
+// the standby is promoted, the crashed one comes back, the new active is
+// recycled, and the end of Run is forced.
+func TestSupervisorMetricsLifecycle(t *testing.T) {
+	t.Parallel()
+	m, srv := newSupervisorMetrics(t, "web")
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	ev := func(kind supervisor.EventKind, port, pid int) supervisor.Event {
+		return supervisor.Event{Kind: kind, Name: "web", Port: port, PID: pid, Time: t0}
+	}
+	m.Observe(ev(supervisor.EventStarted, 8080, 10))
+	m.Observe(ev(supervisor.EventStarted, 8081, 11))
+	wantSamples(t, scrape(t, srv.URL), "started", map[string]float64{
+		`lameduck_supervisor_children{program="web",role="starting"}`: 2,
+		`lameduck_supervisor_children{program="web",role="active"}`:   0,
+	})
+	m.Observe(ev(supervisor.EventReady, 8080, 10))
+	m.Observe(ev(supervisor.EventReady, 8081, 11))
+	m.Observe(ev(supervisor.EventRegistered, 8080, 10))
+	wantSamples(t, scrape(t, srv.URL), "registered", map[string]float64{
+		`lameduck_supervisor_children{program="web",role="starting"}`: 0,
+		`lameduck_supervisor_children{program="web",role="active"}`:   1,
+		`lameduck_supervisor_children{program="web",role="standby"}`:  1,
+	})
+
+	crash := ev(supervisor.EventExited, 8080, 10)
+	crash.Code, crash.Signal, crash.Err = -1, syscall.SIGSEGV, errors.New("killed")
+	m.Observe(crash)
+	m.Observe(ev(supervisor.EventDeregistered, 8080, 10))
+	m.Observe(ev(supervisor.EventPromoted, 8081, 11))
+	m.Observe(ev(supervisor.EventStarted, 8080, 12))
+	m.Observe(ev(supervisor.EventRestarted, 8080, 12))
+	wantSamples(t, scrape(t, srv.URL), "promoted", map[string]float64{
+		`lameduck_supervisor_exits_total{outcome="killed",program="web"}`: 1,
+		`lameduck_supervisor_promotions_total{program="web"}`:             1,
+		`lameduck_supervisor_restarts_total{program="web"}`:               1,
+		`lameduck_supervisor_children{program="web",role="active"}`:       1,
+		`lameduck_supervisor_children{program="web",role="starting"}`:     1,
+	})
+
+	// The active copy on 8081 passes a limit; 8080 replaces it.
+	rec := ev(supervisor.EventRecycling, 8081, 11)
+	rec.Err = errors.New("supervisor: age 24h passed the recycle limit 24h0m0s")
+	m.Observe(rec)
+	m.Observe(ev(supervisor.EventReady, 8080, 12))
+	m.Observe(ev(supervisor.EventPromoted, 8080, 12))
+	wantSamples(t, scrape(t, srv.URL), "recycling", map[string]float64{
+		`lameduck_supervisor_recycles_total{program="web",reason="limit"}`: 1,
+		`lameduck_supervisor_children{program="web",role="active"}`:        1,
+		`lameduck_supervisor_children{program="web",role="retiring"}`:      1,
+		`lameduck_supervisor_promotions_total{program="web"}`:              2,
+	})
+	phase := func(p drain.Phase, at time.Duration) supervisor.Event {
+		e := ev(supervisor.EventDrain, 8081, 11)
+		e.Drain = &drain.Event{Kind: drain.EventPhase, Phase: p, Time: t0.Add(at)}
+		return e
+	}
+	m.Observe(phase(drain.Deregistering, 0))
+	confirmed := ev(supervisor.EventDrain, 8081, 11)
+	confirmed.Drain = &drain.Event{Kind: drain.EventConfirmed, Registry: "consul", Latency: 10 * time.Millisecond}
+	m.Observe(confirmed)
+	m.Observe(phase(drain.Confirming, 500*time.Millisecond))
+	m.Observe(phase(drain.Draining, 2*time.Second))
+	m.Observe(phase(drain.Draining, 3*time.Second)) // not forward: ignored
+	m.Observe(phase(drain.Stopping, 5*time.Second))
+	m.Observe(phase(drain.Offline, 6*time.Second))
+	m.Observe(ev(supervisor.EventExited, 8081, 11)) // by our SIGTERM: clean
+	m.Observe(ev(supervisor.EventRecycled, 8081, 11))
+	wantSamples(t, scrape(t, srv.URL), "recycled", map[string]float64{
+		`lameduck_phase_duration_seconds_sum{phase="Deregistering",program="web"}`:         0.5,
+		`lameduck_phase_duration_seconds_sum{phase="Confirming",program="web"}`:            1.5,
+		`lameduck_phase_duration_seconds_sum{phase="Draining",program="web"}`:              3,
+		`lameduck_phase_duration_seconds_count{phase="Draining",program="web"}`:            1,
+		`lameduck_phase_duration_seconds_sum{phase="Stopping",program="web"}`:              1,
+		`lameduck_registry_confirm_latency_seconds_sum{program="web",registry="consul"}`:   0.01,
+		`lameduck_registry_confirm_latency_seconds_count{program="web",registry="consul"}`: 1,
+		`lameduck_supervisor_exits_total{outcome="clean",program="web"}`:                   1,
+		`lameduck_supervisor_children{program="web",role="retiring"}`:                      0,
+		`lameduck_supervisor_children{program="web",role="active"}`:                        1,
+	})
+
+	m.ObserveResult("web", &drain.PhaseError{Phase: drain.Stopping, Err: drain.ErrForced})
+	m.ObserveResult("web", nil)
+	failed := ev(supervisor.EventExited, 8080, 12)
+	failed.Code, failed.Err = 3, errors.New("exited")
+	m.Observe(failed)
+	m.Observe(supervisor.Event{Kind: supervisor.EventGaveUp, Name: "web"})
+	wantSamples(t, scrape(t, srv.URL), "end", map[string]float64{
+		`lameduck_forced_stops_total{cause="forced",program="web"}`:       1,
+		`lameduck_forced_stops_total{cause="deadline",program="web"}`:     0,
+		`lameduck_supervisor_exits_total{outcome="failed",program="web"}`: 1,
+		`lameduck_supervisor_gave_up_total{program="web"}`:                1,
+		`lameduck_supervisor_children{program="web",role="active"}`:       0,
+	})
+}
+
+// A program not named up front gets its series with its first event, and a
+// nil *SupervisorMetrics ignores everything.
+func TestSupervisorMetricsLateProgramAndNil(t *testing.T) {
+	t.Parallel()
+	m, srv := newSupervisorMetrics(t)
+	m.Observe(supervisor.Event{Kind: supervisor.EventStarted, Name: "late", Port: 9000, PID: 5})
+	wantSamples(t, scrape(t, srv.URL), "late", map[string]float64{
+		`lameduck_supervisor_children{program="late",role="starting"}`: 1,
+	})
+	var none *SupervisorMetrics
+	none.Observe(supervisor.Event{Kind: supervisor.EventRestarted, Name: "x"})
+	none.ObserveResult("x", drain.ErrForced)
+}
+
+func TestRequireToken(t *testing.T) {
+	t.Parallel()
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("metrics")) })
+	h := RequireToken("s3cret", ok)
+	cases := []struct {
+		name   string
+		header http.Header
+		want   int
+	}{
+		{"no token", nil, http.StatusUnauthorized},
+		{"wrong token", bearer("nope"), http.StatusUnauthorized},
+		{"not bearer", http.Header{"Authorization": {"Basic s3cret"}}, http.StatusUnauthorized},
+		{"right token", bearer("s3cret"), http.StatusOK},
+	}
+	for _, c := range cases {
+		rec := do(t, h, http.MethodGet, "/metrics", c.header)
+		if rec.Code != c.want {
+			t.Errorf("%s: want %d, got %d", c.name, c.want, rec.Code)
+		}
+		if strings.Contains(rec.Body.String(), "s3cret") {
+			t.Errorf("%s: want the token never echoed, got %q", c.name, rec.Body.String())
+		}
+	}
+	if rec := do(t, RequireToken("", ok), http.MethodGet, "/metrics", nil); rec.Code != http.StatusOK {
+		t.Errorf("empty token: want every request through, got %d", rec.Code)
+	}
+}
