@@ -1,0 +1,383 @@
+// Command proof restarts a service under load on real Consul and Nacos, in
+// every way there is to take an instance offline, and counts what the
+// service's consumers lose. It is the proof harness of issue 6; `make proof`
+// runs it after starting the servers, and BENCHMARKS.md explains the method
+// and shows the last results.
+//
+//	go run ./integration/proof -rounds 3 -out /tmp/lameduck-proof
+//
+// For each registry and strategy it starts the service's instances
+// (integration/proof/demosvc), consumers that discover them with the
+// registry's own client (Consul: blocking queries on the passing health
+// list; Nacos: nacos-sdk-go's Subscribe), and an open-loop load of -rps
+// requests per second with one long-lived stream per consumer. It then
+// restarts every instance -rounds times, one after the other, taking each
+// offline the strategy's way and waiting for its replacement to be seen by
+// every consumer:
+//
+//	naive    SIGTERM; the app exits at once, the platform deregisters it
+//	sleep    deregister, sleep -sleep (15s, the preStop habit), SIGTERM,
+//	         graceful shutdown
+//	library  SIGTERM to an app that links lameduck
+//	prestop  `lameduck prestop` as the preStop hook, then SIGTERM, on an app
+//	         without the library
+//	run      SIGTERM to `lameduck run`, which supervises an app without the
+//	         library
+//
+// It prints a line per offline and a table, writes proof.json (everything
+// measured) and one timeline-<registry>.svg per registry (one library
+// instance's offline: its phases and the in-flight curve) into -out, and
+// exits 1 if a lameduck strategy lost a request or a stream, or if the
+// naive strategy lost nothing (the harness would be blind). Bad flags exit
+// 2. Timings are reported, never gated on: they depend on the machine.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is the parsed command line.
+type config struct {
+	registries    []string
+	strategies    []string
+	rounds        int
+	rps           int
+	consumers     int
+	instances     int
+	sleep         time.Duration
+	settle        time.Duration
+	streamFollow  bool
+	prestopQuiet  time.Duration
+	out           string
+	consulAddr    string
+	consulToken   string
+	nacosAddr     string
+	nacosUser     string
+	nacosPassword string
+	bins          struct{ demo, lameduck string }
+}
+
+// configJSON is the part of the config that goes in proof.json (no
+// credentials).
+type configJSON struct {
+	Registries []string `json:"registries"`
+	Strategies []string `json:"strategies"`
+	Rounds     int      `json:"rounds"`
+	RPS        int      `json:"rps_per_registry"`
+	Consumers  int      `json:"consumers"`
+	Instances  int      `json:"instances"`
+	SleepMS    int64    `json:"sleep_ms"`
+	SettleMS   int64    `json:"settle_ms"`
+	Follow     bool     `json:"stream_follow"`
+	PrestopQ   string   `json:"prestop_quiet,omitempty"`
+	ConsulAddr string   `json:"consul"`
+	NacosAddr  string   `json:"nacos"`
+	Workload   string   `json:"workload"`
+}
+
+const workload = "POST /work: 90% 1-10ms, 8% 10-100ms, 2% 100ms-2s (uniform within each); one SSE stream per consumer"
+
+// errBadInput marks a command-line error: exit 2.
+var errBadInput = errors.New("bad input")
+
+func parseFlags(args []string, stderr io.Writer) (*config, error) {
+	cfg := &config{}
+	fs := flag.NewFlagSet("proof", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported in one line; -h prints the flags below
+	regs := fs.String("registries", "consul,nacos", "registries to run against, comma-separated: consul, nacos")
+	strats := fs.String("strategies", strings.Join(allStrategies, ","), "strategies, comma-separated: "+strings.Join(allStrategies, ", "))
+	fs.IntVar(&cfg.rounds, "rounds", 3, "rolling restarts of every instance, per strategy and registry")
+	fs.IntVar(&cfg.rps, "rps", 500, "requests per second per registry, open loop")
+	fs.IntVar(&cfg.consumers, "consumers", 4, "consumers per strategy run, each with its own registry client and one stream")
+	fs.IntVar(&cfg.instances, "instances", 3, "instances of the service")
+	fs.DurationVar(&cfg.sleep, "sleep", 15*time.Second, "the fixed sleep of the sleep strategy")
+	fs.DurationVar(&cfg.settle, "settle", time.Second, "load time after each replacement is seen, before the next offline")
+	fs.BoolVar(&cfg.streamFollow, "stream-follow", false, "consumers also move their stream off an instance as soon as their registry watch drops it (by default only the instance's goodbye ends it)")
+	fs.DurationVar(&cfg.prestopQuiet, "prestop-quiet", 0, "pass --quiet to lameduck prestop (0: prestop's default)")
+	fs.StringVar(&cfg.out, "out", filepath.Join(os.TempDir(), "lameduck-proof"), "directory for proof.json and the timeline SVGs")
+	fs.StringVar(&cfg.consulAddr, "consul", envOr("CONSUL_HTTP_ADDR", "127.0.0.1:8500"), "Consul agent's HTTP address (CONSUL_HTTP_ADDR)")
+	fs.StringVar(&cfg.nacosAddr, "nacos", envOr("NACOS_ADDR", "127.0.0.1:8848"), "Nacos server's HTTP address (NACOS_ADDR)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "usage: go run ./integration/proof [flags]   (see BENCHMARKS.md)")
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v (see -h)", errBadInput, err)
+	}
+	cfg.consulToken = os.Getenv("CONSUL_HTTP_TOKEN")
+	cfg.nacosUser = envOr("NACOS_USERNAME", "nacos")
+	cfg.nacosPassword = envOr("NACOS_PASSWORD", "lameduck-nacos-pw")
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", errBadInput, fmt.Sprintf(format, args...))
+	}
+	if fs.NArg() > 0 {
+		return nil, bad("unexpected argument %q; every input is a flag", fs.Arg(0))
+	}
+	var err error
+	if cfg.registries, err = list(*regs, []string{"consul", "nacos"}); err != nil {
+		return nil, bad("-registries: %v", err)
+	}
+	if cfg.strategies, err = list(*strats, allStrategies); err != nil {
+		return nil, bad("-strategies: %v", err)
+	}
+	switch {
+	case cfg.rounds < 1 || cfg.rounds > 100:
+		return nil, bad("-rounds %d: want 1 to 100", cfg.rounds)
+	case cfg.rps < 1 || cfg.rps > 5000:
+		return nil, bad("-rps %d: want 1 to 5000", cfg.rps)
+	case cfg.consumers < 1 || cfg.consumers > 64:
+		return nil, bad("-consumers %d: want 1 to 64", cfg.consumers)
+	case cfg.instances < 2 || cfg.instances > 20:
+		return nil, bad("-instances %d: want 2 to 20 (one is always offline)", cfg.instances)
+	case cfg.sleep <= 0 || cfg.sleep > gracePeriod-5*time.Second:
+		return nil, bad("-sleep %v: want a positive duration of at most %v, inside the grace period", cfg.sleep, gracePeriod-5*time.Second)
+	case cfg.settle < 0:
+		return nil, bad("-settle %v: want a duration of 0 or more", cfg.settle)
+	case cfg.prestopQuiet < 0:
+		return nil, bad("-prestop-quiet %v: want a duration of 0 or more", cfg.prestopQuiet)
+	case cfg.out == "":
+		return nil, bad("-out: give a directory for the results")
+	}
+	for name, addr := range map[string]string{"-consul": cfg.consulAddr, "-nacos": cfg.nacosAddr} {
+		if err := checkLoopback(addr); err != nil {
+			return nil, bad("%s %q: %v", name, addr, err)
+		}
+	}
+	return cfg, nil
+}
+
+// list parses a comma-separated list of known names, keeping the order of
+// known.
+func list(s string, known []string) ([]string, error) {
+	var got []string
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if !slices.Contains(known, part) {
+			return nil, fmt.Errorf("unknown %q; want some of %s", part, strings.Join(known, ", "))
+		}
+		got = append(got, part)
+	}
+	if len(got) == 0 {
+		return nil, fmt.Errorf("empty; want some of %s", strings.Join(known, ", "))
+	}
+	var out []string
+	for _, k := range known {
+		if slices.Contains(got, k) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+// checkLoopback accepts host:port on a loopback address: everything the
+// harness starts or talks to stays on this machine.
+func checkLoopback(addr string) error {
+	host, port, err := splitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host != "127.0.0.1" && host != "localhost" && host != "::1" {
+		return errors.New("want a loopback address such as 127.0.0.1:" + strconv.Itoa(port))
+	}
+	return nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	i := strings.LastIndexByte(addr, ':')
+	if i <= 0 {
+		return "", 0, errors.New("want host:port")
+	}
+	port, err := strconv.Atoi(addr[i+1:])
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, errors.New("want host:port with a port between 1 and 65535")
+	}
+	return strings.Trim(addr[:i], "[]"), port, nil
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "proof: %v\n", strings.TrimPrefix(err.Error(), errBadInput.Error()+": "))
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ok, err := run(ctx, cfg, os.Stdout)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "proof: %v\n", err)
+		os.Exit(1)
+	}
+	if !ok {
+		os.Exit(1)
+	}
+}
+
+// run runs the whole proof and reports whether every gating claim holds.
+func run(ctx context.Context, cfg *config, w io.Writer) (bool, error) {
+	started := time.Now()
+	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
+		return false, fmt.Errorf("-out: %w", err)
+	}
+	tmp, err := os.MkdirTemp("", "lameduck-proof-")
+	if err != nil {
+		return false, err
+	}
+	defer os.RemoveAll(tmp)
+	if err := checkServers(ctx, cfg); err != nil {
+		return false, err
+	}
+	fmt.Fprintln(w, "proof: building the demo service and the lameduck binary")
+	if err := build(ctx, cfg, tmp); err != nil {
+		return false, err
+	}
+	m := describeMachine(ctx, cfg)
+	fmt.Fprintf(w, "proof: %s\n", m)
+	fmt.Fprintf(w, "proof: %d rounds x %d instances, %d rps per registry, %d consumers, strategies %s, registries %s\n",
+		cfg.rounds, cfg.instances, cfg.rps, cfg.consumers, strings.Join(cfg.strategies, ","), strings.Join(cfg.registries, ","))
+
+	runID := strconv.FormatInt(time.Now().Unix()%1_000_000, 36) + strconv.Itoa(os.Getpid()%1000)
+	var ps ports
+	var runs []*strategyRun
+	logf := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	for _, regName := range cfg.registries {
+		tgt, err := openTarget(cfg, regName, tmp)
+		if err != nil {
+			return false, err
+		}
+		for _, s := range cfg.strategies {
+			logf("proof: %s, %s", regName, strategyTitle[s])
+			r := &runner{
+				cfg: cfg, tgt: tgt, strategy: s, ports: &ps, log: logf,
+				service: fmt.Sprintf("proof-%s-%s-%s", runID, regName, s),
+			}
+			res, err := r.run(ctx)
+			if err != nil {
+				tgt.platform.close()
+				return false, fmt.Errorf("%s %s: %w", regName, s, err)
+			}
+			runs = append(runs, res)
+			logf("proof: %s %s done in %.0fs: %d requests (%.0f/s), %d failed, %d streams, %d cut",
+				regName, s, res.Seconds, res.Totals.Requests, res.RatePerSecond, res.Totals.Failed, res.Totals.Streams,
+				res.Totals.StreamCut+res.Totals.StreamNoOpen)
+		}
+		tgt.platform.close()
+	}
+
+	vs := verdicts(runs)
+	ok := true
+	for _, v := range vs {
+		if v.Gate && !v.Holds {
+			ok = false
+		}
+	}
+	tls := pickTimelines(runs)
+	prestopQuiet := ""
+	if cfg.prestopQuiet > 0 {
+		prestopQuiet = cfg.prestopQuiet.String()
+	}
+	res := result{
+		Machine: m, Started: started, Seconds: time.Since(started).Seconds(), Runs: runs, Verdicts: vs, Timelines: tls, OK: ok,
+		Config: configJSON{
+			Registries: cfg.registries, Strategies: cfg.strategies, Rounds: cfg.rounds, RPS: cfg.rps,
+			Consumers: cfg.consumers, Instances: cfg.instances, SleepMS: cfg.sleep.Milliseconds(),
+			SettleMS: cfg.settle.Milliseconds(), Follow: cfg.streamFollow, PrestopQ: prestopQuiet, ConsulAddr: cfg.consulAddr, NacosAddr: cfg.nacosAddr, Workload: workload,
+		},
+	}
+	fmt.Fprintln(w)
+	printSummary(w, runs)
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "claims:")
+	printVerdicts(w, vs)
+	jsonPath := filepath.Join(cfg.out, "proof.json")
+	if err := writeJSON(jsonPath, res); err != nil {
+		return false, err
+	}
+	fmt.Fprintf(w, "\nproof: wrote %s", jsonPath)
+	for _, t := range tls {
+		p := filepath.Join(cfg.out, t.File)
+		if err := os.WriteFile(p, []byte(t.svg()), 0o644); err != nil {
+			return false, err
+		}
+		fmt.Fprintf(w, ", %s", p)
+	}
+	fmt.Fprintf(w, "\nproof: %s in %s\n", map[bool]string{true: "PASS", false: "FAIL"}[ok], time.Since(started).Round(time.Second))
+	return ok, nil
+}
+
+// openTarget opens what the harness needs of one registry.
+func openTarget(cfg *config, name, tmp string) (*target, error) {
+	switch name {
+	case "consul":
+		p, err := newConsulPlatform(cfg.consulAddr, cfg.consulToken)
+		if err != nil {
+			return nil, err
+		}
+		return &target{name: name, url: "consul://" + cfg.consulAddr, platform: p, watch: consulWatchFactory(cfg)}, nil
+	case "nacos":
+		p, err := newNacosPlatform(cfg.nacosAddr, cfg.nacosUser, cfg.nacosPassword, tmp)
+		if err != nil {
+			return nil, err
+		}
+		return &target{name: name, url: "nacos://" + cfg.nacosAddr, platform: p, watch: nacosWatchFactory(cfg, tmp)}, nil
+	}
+	return nil, fmt.Errorf("unknown registry %q", name)
+}
+
+// build compiles the demo service and the lameduck binary into dir, from
+// the module this command belongs to.
+func build(ctx context.Context, cfg *config, dir string) error {
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return err
+	}
+	cfg.bins.demo = filepath.Join(dir, "demosvc")
+	cfg.bins.lameduck = filepath.Join(dir, "lameduck")
+	for bin, pkg := range map[string]string{cfg.bins.demo: "./integration/proof/demosvc", cfg.bins.lameduck: "./cli/lameduck"} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, pkg)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	return nil
+}
+
+func moduleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("run the proof from inside the lameduck module (its go.mod was not found)")
+	}
+	return filepath.Dir(mod), nil
+}
