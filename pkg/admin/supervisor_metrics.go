@@ -55,7 +55,7 @@ var childrenDesc = prometheus.NewDesc(MetricSupervisorChildren,
 //
 //	lameduck_supervisor_restarts_total{program}          counter    copies restarted after a failure (EventRestarted)
 //	lameduck_supervisor_promotions_total{program}        counter    standbys registered in place of the active copy (EventPromoted)
-//	lameduck_supervisor_recycles_total{program,reason}   counter    copies past a recycle limit (EventRecycling); reason "limit"
+//	lameduck_supervisor_recycles_total{program,reason}   counter    copies past a recycle limit (EventRecycling); reason "age" or "memory"
 //	lameduck_supervisor_gave_up_total{program}           counter    restart-intensity limit passed (EventGaveUp)
 //	lameduck_supervisor_exits_total{program,outcome}     counter    child exits: clean, failed, killed (EventExited)
 //	lameduck_supervisor_children{program,role}           gauge      running copies by role, at scrape time
@@ -344,11 +344,16 @@ func (m *SupervisorMetrics) countForced(program string, err error) {
 	}
 }
 
-// recycleReason names the limit a recycled copy passed. The supervisor
-// says which only in Event.Err's text today, and errors are not told apart
-// by their text, so every recycle counts as "limit" until Event.Err wraps
-// a typed error per limit.
-func recycleReason(error) string { return "limit" }
+// recycleReason names the limit a recycled copy passed: "age" or "memory".
+func recycleReason(err error) string {
+	switch {
+	case errors.Is(err, supervisor.ErrRecycleAge):
+		return "age"
+	case errors.Is(err, supervisor.ErrRecycleRSS):
+		return "memory"
+	}
+	return "other"
+}
 
 // RequireToken wraps h so that every request must carry
 // "Authorization: Bearer token", compared in constant time as the admin

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -103,15 +104,15 @@ func TestSupervisorMetricsLifecycle(t *testing.T) {
 
 	// The active copy on 8081 passes a limit; 8080 replaces it.
 	rec := ev(supervisor.EventRecycling, 8081, 11)
-	rec.Err = errors.New("supervisor: age 24h passed the recycle limit 24h0m0s")
+	rec.Err = fmt.Errorf("%w: age 24h passed 24h0m0s", supervisor.ErrRecycleAge)
 	m.Observe(rec)
 	m.Observe(ev(supervisor.EventReady, 8080, 12))
 	m.Observe(ev(supervisor.EventPromoted, 8080, 12))
 	wantSamples(t, scrape(t, srv.URL), "recycling", map[string]float64{
-		`lameduck_supervisor_recycles_total{program="web",reason="limit"}`: 1,
-		`lameduck_supervisor_children{program="web",role="active"}`:        1,
-		`lameduck_supervisor_children{program="web",role="retiring"}`:      1,
-		`lameduck_supervisor_promotions_total{program="web"}`:              2,
+		`lameduck_supervisor_recycles_total{program="web",reason="age"}`: 1,
+		`lameduck_supervisor_children{program="web",role="active"}`:      1,
+		`lameduck_supervisor_children{program="web",role="retiring"}`:    1,
+		`lameduck_supervisor_promotions_total{program="web"}`:            2,
 	})
 	phase := func(p drain.Phase, at time.Duration) supervisor.Event {
 		e := ev(supervisor.EventDrain, 8081, 11)

@@ -12,6 +12,12 @@ import (
 	"github.com/lameduck/lameduck/registry"
 )
 
+// The limits a recycled copy passed, wrapped by EventRecycling's Err.
+var (
+	ErrRecycleAge = errors.New("supervisor: recycle: age limit")
+	ErrRecycleRSS = errors.New("supervisor: recycle: memory limit")
+)
+
 // role is what a running copy is for.
 type role int
 
@@ -43,6 +49,9 @@ type proc struct {
 	overLimit    bool  // EventRecycling was sent for it
 	reason       error // the liveness failure it was killed for
 	exitSeen     bool
+	deregPending bool  // its deregistration after death is in flight
+	wasActive    bool  // it was the active copy when it died
+	exitErr      error // why its death counts as a failure (nil: exit 0)
 	offlined     bool
 	offlineErr   error
 
@@ -64,11 +73,12 @@ func (p *proc) quiesce(registering bool) {
 type msgKind int
 
 const (
-	msgReady      msgKind = iota // the copy passed its readiness check
-	msgUnhealthy                 // the copy failed its liveness check (err)
-	msgExited                    // the copy's process was reaped
-	msgRegistered                // the copy's Register call returned (err)
-	msgOfflined                  // the copy's offline ended (err)
+	msgReady        msgKind = iota // the copy passed its readiness check
+	msgUnhealthy                   // the copy failed its liveness check (err)
+	msgExited                      // the copy's process was reaped
+	msgRegistered                  // the copy's Register call returned (err)
+	msgOfflined                    // the copy's offline ended (err)
+	msgDeregistered                // the dead copy's deregistration returned
 )
 
 type msg struct {
@@ -85,7 +95,8 @@ type runLoop struct {
 
 	active, standby *proc
 	live            map[*proc]bool
-	restart         [2]clock.Timer // a pending start per slot, after a backoff
+	restart         [2]clock.Timer   // a pending start per slot, after a backoff
+	slotDereg       [2]chan struct{} // closed when the slot's last deregistration returned
 	recycleTimer    clock.Timer
 
 	stopping bool
@@ -259,11 +270,14 @@ func (r *runLoop) handle(m msg) {
 		if p.exitSeen || p.offlining {
 			return
 		}
-		// Deemed dead: unroutable first, then killed.
+		// Deemed dead: unroutable first, then killed (once the
+		// deregistration has returned, if there is one).
 		p.reason = m.err
 		r.lost(p)
-		s.emit(Event{Kind: EventSignaled, PID: p.c.pid, Port: p.port, Signal: syscall.SIGKILL})
-		_ = p.c.signal(syscall.SIGKILL)
+		if !p.deregPending {
+			s.emit(Event{Kind: EventSignaled, PID: p.c.pid, Port: p.port, Signal: syscall.SIGKILL})
+			_ = p.c.signal(syscall.SIGKILL)
+		}
 
 	case msgExited:
 		p.exitSeen = true
@@ -277,13 +291,26 @@ func (r *runLoop) handle(m msg) {
 	case msgOfflined:
 		p.offlined, p.offlineErr = true, m.err
 		r.forget(p)
+
+	case msgDeregistered:
+		p.deregPending = false
+		switch {
+		case p.exitSeen && !p.offlining:
+			r.settle(p)
+		case p.reason != nil && !p.exitSeen && !p.offlining:
+			// Out of the registries: now kill the copy that failed liveness.
+			r.s.emit(Event{Kind: EventSignaled, PID: p.c.pid, Port: p.port, Signal: syscall.SIGKILL})
+			_ = p.c.signal(syscall.SIGKILL)
+		default:
+			r.forget(p)
+		}
 	}
 }
 
 // forget drops a copy that is done with: reaped, and its offline (if any)
 // over. Those two reports come in either order.
 func (r *runLoop) forget(p *proc) {
-	if !p.exitSeen || (p.offlining && !p.offlined) || !r.live[p] {
+	if !p.exitSeen || (p.offlining && !p.offlined) || p.deregPending || !r.live[p] {
 		return
 	}
 	delete(r.live, p)
@@ -328,8 +355,14 @@ func (r *runLoop) register(p *proc) {
 		return
 	}
 	p.registering = true
-	s, ctx, inst := r.s, p.ctx, p.inst
+	s, ctx, inst, prev := r.s, p.ctx, p.inst, r.slotDereg[p.slot]
 	r.goReport(func(report func(msg)) {
+		if prev != nil { // the same endpoint's deregistration must land first
+			select {
+			case <-prev:
+			case <-ctx.Done():
+			}
+		}
 		err := s.retry(ctx, p.port, func(ctx context.Context) error { return s.multi.Register(ctx, inst) })
 		close(p.regDone) // before reporting: quiesce may wait for it on the loop's goroutine
 		report(msg{kind: msgRegistered, p: p, err: err})
@@ -379,24 +412,39 @@ func (r *runLoop) lost(p *proc) {
 		r.standby = nil
 	}
 	if p.registering && !p.deregistered {
-		p.deregistered = true
-		p.quiesce(true)
-		r.s.deregister(p)
+		p.deregistered, p.deregPending = true, true
+		done := make(chan struct{})
+		r.slotDereg[p.slot] = done // a successor on this slot registers after it
+		s := r.s
+		r.goReport(func(report func(msg)) {
+			p.quiesce(true)
+			s.deregister(p)
+			close(done)
+			report(msg{kind: msgDeregistered, p: p})
+		})
 	}
 }
 
 // died handles a copy that exited without being asked to.
 func (r *runLoop) died(p *proc) {
-	s := r.s
-	wasActive := p.role == roleActive
-	exitErr := s.exited(p, p.reason)
+	p.wasActive = p.role == roleActive
+	p.exitErr = r.s.exited(p, p.reason)
 	r.lost(p)
+	if !p.deregPending {
+		r.settle(p)
+	}
+}
+
+// settle decides what a dead copy's end means, once it is out of the
+// registries: done, a restart after backoff, or giving up.
+func (r *runLoop) settle(p *proc) {
 	r.forget(p)
 	if r.stopping {
 		return
 	}
+	exitErr := p.exitErr
 	if exitErr == nil {
-		if wasActive {
+		if p.wasActive {
 			r.finish(nil) // it exited 0 on its own: done
 			return
 		}
@@ -502,11 +550,11 @@ func (r *runLoop) checkLimits() {
 func (r *runLoop) overLimit(p *proc) error {
 	o := r.s.o
 	if age := r.s.o.clock.Now().Sub(p.born); o.recycleAfter > 0 && age >= o.recycleAfter {
-		return fmt.Errorf("supervisor: age %v passed the recycle limit %v", age.Round(time.Second), o.recycleAfter)
+		return fmt.Errorf("%w: age %v passed %v", ErrRecycleAge, age.Round(time.Millisecond), o.recycleAfter)
 	}
 	if o.recycleRSS > 0 {
 		if n, err := rss(p.c.pid); err == nil && n > o.recycleRSS {
-			return fmt.Errorf("supervisor: resident memory %d MiB passed the recycle limit %d MiB", n>>20, o.recycleRSS>>20)
+			return fmt.Errorf("%w: resident memory %d MiB passed %d MiB", ErrRecycleRSS, n>>20, o.recycleRSS>>20)
 		}
 	}
 	return nil

@@ -195,7 +195,7 @@ func TestRecycleByMemory(t *testing.T) {
 	h.nextAt(EventRegistered, a)
 	h.get("/leak?mb=256")
 	rc := h.nextAt(EventRecycling, a)
-	if rc.Err == nil || !strings.Contains(rc.Err.Error(), "resident memory") {
+	if !errors.Is(rc.Err, ErrRecycleRSS) || !strings.Contains(rc.Err.Error(), "resident memory") {
 		t.Fatalf("want a memory reason, got %v", rc.Err)
 	}
 	if pr := h.nextAt(EventPromoted, b); !slices.Contains(pr.ports, b) {
