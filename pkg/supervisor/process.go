@@ -44,10 +44,12 @@ func (c *child) signal(sig syscall.Signal) error {
 }
 
 // start starts the child in its own process group. SIGKILL reaches it if
-// the supervisor dies (Pdeathsig). A goroutine reaps it: once the leader
-// has exited, and while it is still an unreaped zombie that keeps its
-// process group ID from being reused, whatever is left of the group
-// (grandchildren) gets SIGKILL; then cmd.Wait reaps the leader.
+// the supervisor dies (Pdeathsig), and the rest of its group through the
+// guard, which is told about the group at once. A goroutine reaps it: once
+// the leader has exited, and while it is still an unreaped zombie that
+// keeps its process group ID from being reused, whatever is left of the
+// group (grandchildren) gets SIGKILL, the guard lets go of the group, and
+// cmd.Wait reaps the leader.
 func (s *Supervisor) start(port int) (*child, error) {
 	args := s.spec.Args
 	env := append(os.Environ(), s.spec.Env...)
@@ -74,10 +76,12 @@ func (s *Supervisor) start(port int) (*child, error) {
 		return nil, fmt.Errorf("supervisor: start %s: %w", s.spec.Path, err)
 	}
 	c := &child{pid: cmd.Process.Pid, done: make(chan struct{})}
+	s.guard.add(c.pid)
 	go func() {
 		defer close(c.done)
 		waitExited(c.pid)
 		_ = c.signal(syscall.SIGKILL) // sweep the rest of the group
+		s.guard.remove(c.pid)         // before the ID can be reused
 		err := cmd.Wait()
 		c.state = cmd.ProcessState
 		var ee *exec.ExitError

@@ -118,6 +118,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil // nothing runs and nothing is registered
 	}
+	// When r.run returns every child is reaped: the guard holds no group.
+	s.guard = startGuard()
+	defer s.guard.close()
 	r := &runLoop{s: s, msgs: make(chan msg, 16), live: map[*proc]bool{}}
 	return r.run(ctx)
 }

@@ -43,7 +43,9 @@
 // the child is reaped, so Run leaves no zombies and no orphans in the
 // group. Pdeathsig fires when the thread that started the child ends; the
 // Go runtime ends threads only for goroutines that exit while locked with
-// runtime.LockOSThread, which this package never does.
+// runtime.LockOSThread, which this package never does. If the supervisor
+// itself is killed, a guard process (see guard.go) sends SIGKILL to every
+// child's process group, so grandchildren do not outlive it either.
 package supervisor
 
 import (
@@ -151,6 +153,8 @@ type Supervisor struct {
 
 	restarts atomic.Int64 // replacements started; read by emit from any goroutine
 
+	guard *guard // set by Run before its first child starts; nil without one
+
 	// owned by Run's goroutine
 	failures float64
 	lastFail time.Time
@@ -186,7 +190,7 @@ func New(spec Spec, opts ...Option) (*Supervisor, error) {
 	switch {
 	case o.threshold <= 0 || o.halfLife <= 0:
 		return nil, fmt.Errorf("supervisor: restart intensity threshold %g and half-life %v must be positive", o.threshold, o.halfLife)
-	case o.checkInterval < 0, o.checkTimeout < 0, o.liveInterval < 0, o.liveFailures < 0, o.stopGrace < 0, o.connQuiet < 0, o.deregTimeout < 0, o.recycleAfter < 0, o.recycleEvery < 0:
+	case o.checkInterval < 0, o.checkTimeout < 0, o.liveInterval < 0, o.liveFailures < 0, o.stopGrace < 0, o.connQuiet < 0, o.connWait < 0, o.deregTimeout < 0, o.recycleAfter < 0, o.recycleEvery < 0:
 		return nil, errors.New("supervisor: intervals, timeouts and counts must not be negative")
 	case o.stopGrace >= o.budget:
 		return nil, fmt.Errorf("supervisor: stop grace %v leaves nothing of the budget %v for the drain; lower it or raise the budget", o.stopGrace, o.budget)
@@ -385,6 +389,10 @@ func (s *Supervisor) deregister(p *proc) {
 func (s *Supervisor) drainOptions(p *proc, idle bool) []drain.Option {
 	opts := []drain.Option{
 		drain.WithBudget(s.o.budget),
+		// The coordinator's tracker counts nothing here: its quiet window
+		// would be a pure wait. The connections' quiet window (awaitIdle)
+		// is the real one.
+		drain.WithQuietWindow(0),
 		drain.WithEventHook(func(e drain.Event) {
 			ev := Event{Kind: EventDrain, Drain: &e}
 			if p != nil {
@@ -457,10 +465,11 @@ func (s *Supervisor) reap(c *child) error {
 }
 
 // awaitIdle is the stop hook that runs first: it waits until the copy's
-// port has had no established connection for the quiet window, leaving the
-// stop grace of the budget for the child to exit. Connections still open
-// then (idle keep-alives, typically) do not fail the offline: the child's
-// own graceful shutdown after SIGTERM closes them. They are reported with
+// port has had no established connection for the quiet window, or until
+// the conn wait (WithConnWait) has passed, leaving the stop grace of the
+// budget for the child to exit. Connections still open then (streams and
+// idle keep-alives, typically) do not fail the offline: the child's own
+// graceful shutdown after SIGTERM closes them. They are reported with
 // EventConnsBusy.
 func (s *Supervisor) awaitIdle(p *proc) func(context.Context) error {
 	return func(ctx context.Context) error {
@@ -471,13 +480,39 @@ func (s *Supervisor) awaitIdle(p *proc) func(context.Context) error {
 		if err != nil {
 			return fmt.Errorf("supervisor: %w", err)
 		}
-		wctx := ctx
-		if dl, ok := ctx.Deadline(); ok {
-			var cancel context.CancelFunc
-			wctx, cancel = context.WithDeadline(ctx, dl.Add(-s.o.stopGrace))
-			defer cancel()
+		busy := func(n int) error {
+			return fmt.Errorf("%w: %d on port %d after %v; SIGTERM lets the child's graceful shutdown close them", ErrConnWait, n, p.port, s.o.connWait)
 		}
-		if err := counter.WaitIdle(wctx, s.o.connQuiet, connPoll); err != nil {
+		if s.o.connWaitSet && s.o.connWait == 0 {
+			// No wait: one count, for the report.
+			if n, err := counter.Count(ctx); err != nil || n > 0 {
+				if err == nil {
+					err = busy(n)
+				}
+				s.emit(Event{Kind: EventConnsBusy, PID: p.c.pid, Port: p.port, Err: err})
+			}
+			return nil
+		}
+		wctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		if dl, ok := ctx.Deadline(); ok {
+			var cancelDL context.CancelFunc
+			wctx, cancelDL = context.WithDeadline(wctx, dl.Add(-s.o.stopGrace))
+			defer cancelDL()
+		}
+		if s.o.connWaitSet {
+			t := s.o.clock.AfterFunc(s.o.connWait, func() { cancel(ErrConnWait) })
+			defer t.Stop()
+		}
+		err = counter.WaitIdle(wctx, s.o.connQuiet, connPoll)
+		var ni *conncount.NotIdleError
+		if errors.As(err, &ni) && ni.Conns >= 0 && errors.Is(context.Cause(wctx), ErrConnWait) {
+			err = nil // the conn wait is over: not a failure
+			if ni.Conns > 0 {
+				err = busy(ni.Conns)
+			}
+		}
+		if err != nil {
 			s.emit(Event{Kind: EventConnsBusy, PID: p.c.pid, Port: p.port, Err: err})
 		}
 		return nil
