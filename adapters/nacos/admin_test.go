@@ -440,6 +440,9 @@ func TestOwnInstanceSkipsAdmin(t *testing.T) {
 	if err := r.Register(t.Context(), inst()); err != nil {
 		t.Fatalf("Register: want nil, got %v", err)
 	}
+	if err := r.awaitClear(t.Context(), "test", inst()); err != nil { // Register's look runs in the background
+		t.Fatal(err)
+	}
 	if got := a.requests(); len(got) != 2 || got[0].method != "POST" || got[1].method != "GET" {
 		t.Fatalf("admin requests by Register: want a login and one GET, got %+v", got)
 	}
@@ -491,8 +494,34 @@ func TestRegisterClearsStaleDisable(t *testing.T) {
 	if err := r.Register(t.Context(), inst()); err != nil {
 		t.Fatalf("Register: want nil, got %v", err)
 	}
+	if err := r.awaitClear(t.Context(), "test", inst()); err != nil { // Register's look runs in the background
+		t.Fatal(err)
+	}
 	got := a.requests()
 	if len(got) != 3 || got[2].method != http.MethodPut || got[2].params.Get("enabled") != "true" {
 		t.Fatalf("admin requests: want login, GET and a PUT enabled=true, got %+v", got)
+	}
+}
+
+// Register's look for a stale disable runs in the background; a Disable
+// right after it waits for it, so the look's enable can never undo the
+// Disable.
+func TestDisableWaitsForRegistersLook(t *testing.T) {
+	t.Parallel()
+	a := newFakeAdmin(t)
+	a.set(func(f *fakeAdmin) { f.enabled = false })
+	r, f := newAdminTest(t, a)
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	if err := r.Disable(t.Context(), inst()); err != nil {
+		t.Fatalf("Disable: want nil, got %v", err)
+	}
+	got := a.requests()
+	if len(got) != 3 || got[2].method != http.MethodPut || got[2].params.Get("enabled") != "true" {
+		t.Fatalf("admin requests by the time Disable returned: want Register's login, GET and PUT enabled=true, got %+v", got)
+	}
+	if last := f.batches[len(f.batches)-1]; last.Instances[0].Enable {
+		t.Fatalf("want the last publish to disable the instance, got %+v", last)
 	}
 }

@@ -138,6 +138,11 @@ type Registry struct {
 	pubMu   sync.Mutex
 	pubs    map[string]map[string]*published // service key -> instance key -> instance
 	pubDone chan struct{}                    // closed when the last publish's SDK call returned
+
+	// Register looks for a stale disable in the background (see
+	// clearStaleDisable); later calls about the same instance wait for it.
+	clearMu sync.Mutex
+	clears  map[string]chan struct{} // instance key -> closed when its look is done
 }
 
 type published struct {
@@ -238,6 +243,12 @@ func (r *Registry) Close() error {
 	return nil
 }
 
+func (r *Registry) isClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
+}
+
 func (r *Registry) wrap(op string, err error) error {
 	if err == nil {
 		return nil
@@ -332,9 +343,63 @@ func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 		return nil
 	})
 	if err == nil && !r.o.noAdminAPI {
-		r.clearStaleDisable(ctx, i)
+		r.clearInBackground(ctx, i)
 	}
 	return err
+}
+
+// clearInBackground runs clearStaleDisable without holding Register up:
+// on a fresh endpoint the admin API takes 0.1-0.7 s to show the instance,
+// which a standby's promotion should not wait for. Deregister, Disable and
+// Enable of the same instance wait for it first, so it can never undo
+// them; Close waits for it too.
+func (r *Registry) clearInBackground(ctx context.Context, i registry.Instance) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.calls.Add(1)
+	r.mu.Unlock()
+	key := r.serviceKey(i) + "/" + r.instanceKey(i)
+	done := make(chan struct{})
+	r.clearMu.Lock()
+	if r.clears == nil {
+		r.clears = map[string]chan struct{}{}
+	}
+	prev := r.clears[key]
+	r.clears[key] = done
+	r.clearMu.Unlock()
+	go func() {
+		defer r.calls.Done()
+		if prev != nil {
+			<-prev
+		}
+		r.clearStaleDisable(context.WithoutCancel(ctx), i)
+		r.clearMu.Lock()
+		if r.clears[key] == done {
+			delete(r.clears, key)
+		}
+		r.clearMu.Unlock()
+		close(done)
+	}()
+}
+
+// awaitClear waits for Register's look for a stale disable of i, if one is
+// still running.
+func (r *Registry) awaitClear(ctx context.Context, op string, i registry.Instance) error {
+	r.clearMu.Lock()
+	ch := r.clears[r.serviceKey(i)+"/"+r.instanceKey(i)]
+	r.clearMu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return r.wrap(op, ctx.Err())
+	}
 }
 
 // clearStaleDisable re-enables i if an earlier Disable from another client
@@ -362,7 +427,7 @@ func (r *Registry) clearStaleDisable(ctx context.Context, i registry.Instance) {
 			}
 		}
 	})
-	if err != nil {
+	if err != nil && !r.isClosed() {
 		slog.Warn("nacos: could not check for a stale disable of a new registration; if consumers do not see it, enable it",
 			"registry", r.name, "instance", i.Endpoint(), "err", err)
 	}
@@ -378,6 +443,9 @@ func (r *Registry) clearStaleDisable(ctx context.Context, i registry.Instance) {
 // Register of the endpoint clears the disable. An instance that is not
 // registered at all is success.
 func (r *Registry) Deregister(ctx context.Context, i registry.Instance) error {
+	if err := r.awaitClear(ctx, "deregister", i); err != nil {
+		return err
+	}
 	err := r.change(ctx, "deregister", i, func(set map[string]*published) error {
 		if set[r.instanceKey(i)] == nil {
 			return errNotOurs
@@ -430,6 +498,9 @@ func (r *Registry) Enable(ctx context.Context, i registry.Instance) error {
 var errNotOurs = errors.New("not registered through this backend")
 
 func (r *Registry) setEnabled(ctx context.Context, op string, i registry.Instance, on bool) error {
+	if err := r.awaitClear(ctx, op, i); err != nil {
+		return err
+	}
 	err := r.change(ctx, op, i, func(set map[string]*published) error {
 		p := set[r.instanceKey(i)]
 		if p == nil {
