@@ -32,7 +32,11 @@ type Result struct {
 	Registries   []registryResult  `json:"registries"`
 	AdminPhase   string            `json:"admin_phase,omitempty"`
 	LateRequests int64             `json:"late_requests"`
-	Error        string            `json:"error,omitempty"`
+	// OpenConns counts the connections still established on prestop's
+	// --port when --conn-wait ended the wait; the app's own shutdown after
+	// SIGTERM closes them.
+	OpenConns int    `json:"open_conns,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 type registryResult struct {
@@ -106,8 +110,9 @@ type offlineJob struct {
 	wait       bool
 	pid        int
 	// drainLocal, when set, waits for the instance to drain by other means
-	// (prestop's TCP count); it runs after confirmation.
-	drainLocal func(ctx context.Context, progress func(string)) error
+	// (prestop's TCP count); it runs after confirmation. open is what it
+	// leaves to the app's own shutdown (Result.OpenConns).
+	drainLocal func(ctx context.Context, progress func(string)) (open int, err error)
 }
 
 // checkJobFlags checks the flags offline and prestop (both modes) share
@@ -319,7 +324,9 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 		}
 	}
 	if job.drainLocal != nil {
-		if err := job.drainLocal(ctx, func(s string) { progress.say("Draining", s) }); err != nil {
+		open, err := job.drainLocal(ctx, func(s string) { progress.say("Draining", s) })
+		res.OpenConns = open
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -21,7 +22,10 @@ func prestopCommand() *ucli.Command {
 		Description: "With --admin (an app that links lameduck), asks the app to go offline and follows it until Offline.\n" +
 			"Otherwise (any language), deregisters the instance itself (--registry, --service, --port and the\n" +
 			"pod's IP), waits for each registry's confirmation, and counts the app's established TCP\n" +
-			"connections on --port until they are zero for the quiet window.\n" +
+			"connections on --port until they are zero for the quiet window, or until --conn-wait has passed.\n" +
+			"Set --conn-wait (250ms, say) when the app drains itself on SIGTERM (http.Server.Shutdown, grpc\n" +
+			"GracefulStop) and its consumers hold connections open (streams, keep-alive pools): without it\n" +
+			"those connections keep prestop waiting until the deadline.\n" +
 			"The deadline is --grace-period (the pod's terminationGracePeriodSeconds) minus --margin.\n\n" +
 			"Exit codes: 0 drained, 1 failed, 2 bad input, 3 registry unreachable, 4 forced at the deadline.",
 		Flags: append(offlineFlags(),
@@ -30,6 +34,10 @@ func prestopCommand() *ucli.Command {
 			&ucli.IntFlag{Name: "port", Usage: "the app's port (plain mode; its connections are counted)"},
 			&ucli.StringFlag{Name: "pod-ip", Usage: "the instance's address (plain mode)", EnvVars: []string{EnvPodIP}},
 			&ucli.DurationFlag{Name: "quiet", Value: 500 * time.Millisecond, Usage: "how long the connection count must stay zero"},
+			&ucli.DurationFlag{Name: "conn-wait", DefaultText: "until the deadline",
+				Usage: "plain mode: after the registries confirm, wait at most this long for the connection count to stay zero " +
+					"for --quiet, then exit so the app gets SIGTERM (0: no wait). Set it when the app drains itself on SIGTERM " +
+					"and consumers hold connections open (streams, keep-alive pools)"},
 		),
 		Action: func(c *ucli.Context) error {
 			grace, margin := c.Duration("grace-period"), c.Duration("margin")
@@ -42,9 +50,19 @@ func prestopCommand() *ucli.Command {
 			if !c.IsSet("budget") {
 				_ = c.Set("budget", (grace - margin).String())
 			}
+			if q := c.Duration("quiet"); q < 0 {
+				return badInput("--quiet %v: want a duration of 0 or more, such as 500ms", q)
+			}
+			connWait, hasConnWait := c.Duration("conn-wait"), c.IsSet("conn-wait")
+			if connWait < 0 {
+				return badInput("--conn-wait %v: want a duration of 0 or more, such as 250ms (0: no wait for connections)", connWait)
+			}
 			// --admin means an app that links lameduck: it handles its
 			// registries itself, whatever LAMEDUCK_REGISTRY says.
 			if c.String("admin") != "" && !c.IsSet("port") {
+				if hasConnWait {
+					return badInput("--conn-wait is for plain mode (--port); an app that links lameduck drains its own connections, so drop it")
+				}
 				return prestopAdminOnly(c)
 			}
 			port := c.Int("port")
@@ -74,14 +92,61 @@ func prestopCommand() *ucli.Command {
 				return err
 			}
 			job.wait = true
-			quiet := c.Duration("quiet")
-			job.drainLocal = func(ctx context.Context, progress func(string)) error {
-				progress(fmt.Sprintf("counting established connections on port %d", port))
-				return counter.WaitIdle(ctx, quiet, 50*time.Millisecond)
-			}
+			w := connWaiter{counter: counter, quiet: c.Duration("quiet"), wait: connWait, bounded: hasConnWait}
+			job.drainLocal = w.drain
 			return runOfflineJob(c, job)
 		},
 	}
+}
+
+// connPoll is how often plain mode counts the port's connections.
+const connPoll = 10 * time.Millisecond
+
+// errConnWait is the cause of the wait's end when --conn-wait passed.
+var errConnWait = errors.New("prestop: --conn-wait passed")
+
+// connWaiter is plain mode's wait for the app's connections, after the
+// registries confirmed the removal.
+type connWaiter struct {
+	counter *conncount.Counter
+	quiet   time.Duration
+	wait    time.Duration // with bounded: the most the wait may last
+	bounded bool          // --conn-wait was given; otherwise the deadline ends the wait
+}
+
+// drain waits until the port has had no established connection for the
+// quiet window, or until the conn wait has passed; it returns how many
+// connections it leaves open to the app's own shutdown. When ctx (the
+// deadline) ends first it returns conncount's *NotIdleError.
+func (w connWaiter) drain(ctx context.Context, progress func(string)) (int, error) {
+	port := w.counter.Port()
+	left := func(n int) (int, error) {
+		if n > 0 {
+			progress(fmt.Sprintf("--conn-wait %v passed; connections still established on port %d: %d, "+
+				"left to the app's graceful shutdown after SIGTERM", w.wait, port, n))
+		}
+		return max(n, 0), nil
+	}
+	if w.bounded && w.wait == 0 {
+		n, err := w.counter.Count(ctx) // no wait: one count, for the report
+		if err != nil {
+			return 0, err
+		}
+		return left(n)
+	}
+	progress(fmt.Sprintf("counting established connections on port %d", port))
+	wctx := ctx
+	if w.bounded {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeoutCause(ctx, w.wait, errConnWait)
+		defer cancel()
+	}
+	err := w.counter.WaitIdle(wctx, w.quiet, connPoll)
+	var ni *conncount.NotIdleError
+	if errors.As(err, &ni) && ctx.Err() == nil && errors.Is(context.Cause(wctx), errConnWait) {
+		return left(ni.Conns)
+	}
+	return 0, err
 }
 
 // prestopAdminOnly drives an app that links lameduck: its own protocol does

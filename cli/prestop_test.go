@@ -42,6 +42,10 @@ func TestPrestopBadInput(t *testing.T) {
 		{"margin beyond grace period", append(plain, "--addr", addr, "--grace-period", "2s", "--margin", "5s"), "--margin 5s"},
 		{"negative margin", append(plain, "--addr", addr, "--margin", "-1s"), "--margin -1s"},
 		{"grace period 0", append(plain, "--addr", addr, "--grace-period", "0"), "--grace-period 0s"},
+		{"negative conn-wait", append(plain, "--addr", addr, "--conn-wait", "-1s"), "--conn-wait -1s: want a duration of 0 or more, such as 250ms"},
+		{"negative conn-wait with =", append(plain, "--addr", addr, "--conn-wait=-250ms"), "--conn-wait -250ms: want a duration of 0 or more"},
+		{"conn-wait not a duration", append(plain, "--addr", addr, "--conn-wait", "soon"), "conn-wait"},
+		{"negative quiet", append(plain, "--addr", addr, "--quiet", "-1s"), "--quiet -1s: want a duration of 0 or more"},
 
 		// Admin mode.
 		{"admin output yaml", append(admin, "--output", "yaml"), `--output "yaml": want text or json`},
@@ -52,6 +56,8 @@ func TestPrestopBadInput(t *testing.T) {
 		{"admin URL scheme", []string{"--admin", "ftp://127.0.0.1:9901"}, `scheme "ftp"`},
 		{"credentials in admin URL", []string{"--admin", "http://admin:" + secret + "@127.0.0.1:9901"}, "carries credentials"},
 		{"admin stray argument", append(admin, "now"), `unexpected argument "now"`},
+		{"admin conn-wait", append(admin, "--conn-wait", "250ms"), "--conn-wait is for plain mode (--port)"},
+		{"admin negative conn-wait", append(admin, "--conn-wait", "-1s"), "--conn-wait -1s: want a duration of 0 or more"},
 	}
 	runBadInput(t, "prestop", cases)
 }

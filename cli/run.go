@@ -35,8 +35,11 @@ func runCommand() *ucli.Command {
 		Description: "Starts COMMAND in its own process group, registers it in every --registry once --ready passes\n" +
 			"(an HTTP URL; by default, once --port accepts connections), deregisters it at once when it exits\n" +
 			"abnormally and restarts it with backoff, giving up after too many failures in a short time.\n" +
-			"On SIGTERM or SIGINT: deregister, confirm, wait for its connections to close, then SIGTERM to\n" +
-			"the child and SIGKILL at the deadline. A second SIGTERM or SIGINT sends SIGKILL at once (exit 4).\n\n" +
+			"On SIGTERM or SIGINT: deregister, confirm, wait for its connections to close (at most --conn-wait),\n" +
+			"then SIGTERM to the child and SIGKILL at the deadline. A second SIGTERM or SIGINT sends SIGKILL at\n" +
+			"once (exit 4). Set --conn-wait (250ms, say) when the child drains itself on SIGTERM\n" +
+			"(http.Server.Shutdown, grpc GracefulStop) and its consumers hold connections open (streams,\n" +
+			"keep-alive pools): without it those connections hold SIGTERM back until the deadline.\n\n" +
 			"--standby keeps a warm second copy on --standby-port (default --port + 1), ready but unregistered,\n" +
 			"registered the moment the first one dies. --recycle-after and --recycle-rss replace a copy that is\n" +
 			"too old or too big: its replacement is registered first, then it is taken offline losslessly.\n" +
@@ -58,6 +61,9 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "ready", Usage: "readiness URL, such as http://127.0.0.1:{port}/healthz; registered only once it answers 2xx (default: once the port accepts connections)"},
 			&ucli.StringFlag{Name: "live", Usage: "liveness URL; the child is restarted when it keeps failing"},
 			&ucli.DurationFlag{Name: "budget", Value: 30 * time.Second, Usage: "the one deadline for taking the child offline"},
+			&ucli.DurationFlag{Name: "conn-wait", DefaultText: "until the deadline",
+				Usage: "after the registries confirm, wait at most this long for the port's connections to close before SIGTERM " +
+					"(0: no wait). Set it when the child drains itself on SIGTERM and consumers hold connections open (streams, keep-alive pools)"},
 			&ucli.BoolFlag{Name: "standby", Usage: "keep a warm standby on --standby-port, registered the moment the active copy dies"},
 			&ucli.IntFlag{Name: "standby-port", Usage: "the second copy's port (default --port + 1 with --standby or a recycle limit)"},
 			&ucli.StringFlag{Name: "standby-id", Usage: "the second copy's instance ID (default SERVICE-ADDR-STANDBYPORT, or ID-STANDBYPORT with --id)"},
@@ -82,13 +88,19 @@ func runAction(c *ucli.Context) error {
 		}
 		for _, f := range programFlags {
 			if c.IsSet(f) {
-				return badInput("--%s is set per program in the config file; with --config the command line gives only registries, credentials, --addr, --budget and --metrics", f)
+				return badInput("--%s is set per program in the config file; with --config the command line gives only registries, credentials, --addr, --budget, --conn-wait and --metrics", f)
 			}
 		}
 		if c.Duration("budget") <= 0 {
 			return badInput("--budget %v: want a positive duration such as 30s", c.Duration("budget"))
 		}
-		rf, err := loadRunConfig(path, programConfig{Addr: c.String("addr"), Budget: c.Duration("budget")})
+		if c.Duration("conn-wait") < 0 {
+			return badInput("--conn-wait %v: want a duration of 0 or more, such as 250ms (0: no wait for connections)", c.Duration("conn-wait"))
+		}
+		rf, err := loadRunConfig(path, programConfig{
+			Addr: c.String("addr"), Budget: c.Duration("budget"),
+			ConnWait: c.Duration("conn-wait"), ConnWaitSet: c.IsSet("conn-wait"),
+		})
 		if err != nil {
 			return err
 		}
@@ -152,6 +164,7 @@ func programFromFlags(c *ucli.Context) (programConfig, error) {
 		Name: filepath.Base(argv[0]), Command: argv,
 		Service: c.String("service"), Addr: c.String("addr"), Port: c.Int("port"), ID: c.String("id"),
 		Ready: c.String("ready"), Live: c.String("live"), Budget: c.Duration("budget"),
+		ConnWait: c.Duration("conn-wait"), ConnWaitSet: c.IsSet("conn-wait"),
 		Standby: c.Bool("standby"), StandbyPort: c.Int("standby-port"), StandbyID: c.String("standby-id"),
 		RecycleAfter: c.Duration("recycle-after"),
 	}
@@ -225,6 +238,9 @@ func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, m
 			metrics.Observe(e)
 			logEvent(log, e)
 		}),
+	}
+	if p.ConnWaitSet {
+		opts = append(opts, supervisor.WithConnWait(p.ConnWait))
 	}
 	if p.Standby {
 		opts = append(opts, supervisor.WithStandby())

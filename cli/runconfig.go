@@ -36,8 +36,10 @@ type programConfig struct {
 	RecycleRSS   uint64
 	Ready, Live  string // check URLs; "" means the default (TCP connect) and none
 	Budget       time.Duration
-	Command      []string // argv; Command[0] is the program
-	Env          []string // KEY=VALUE, added to lameduck's environment
+	ConnWait     time.Duration // with ConnWaitSet: the most the offline waits for connections to close
+	ConnWaitSet  bool          // false: the wait lasts until the deadline
+	Command      []string      // argv; Command[0] is the program
+	Env          []string      // KEY=VALUE, added to lameduck's environment
 	Dir          string
 
 	// From a config file: the line of each key's value, and of the
@@ -87,6 +89,8 @@ func (p *programConfig) finish() error {
 		return &fieldError{key: "port", value: strconv.Itoa(p.Port), msg: "give the port the program serves on (1-65535)"}
 	case p.Budget <= 0:
 		return &fieldError{key: "budget", value: p.Budget.String(), msg: "want a positive duration such as 30s"}
+	case p.ConnWait < 0:
+		return &fieldError{key: "conn-wait", value: p.ConnWait.String(), msg: "want a duration of 0 or more, such as 250ms (0: no wait for connections)"}
 	case p.RecycleAfter < 0:
 		return &fieldError{key: "recycle-after", value: p.RecycleAfter.String(), msg: "want a positive duration such as 24h, or 0 for no age limit"}
 	}
@@ -227,7 +231,7 @@ type runFile struct {
 var (
 	topKeys     = []string{"programs", "registries"}
 	programKeys = []string{
-		"addr", "budget", "command", "dir", "env", "id", "live", "port", "ready",
+		"addr", "budget", "command", "conn-wait", "dir", "env", "id", "live", "port", "ready",
 		"recycle-after", "recycle-rss", "service", "standby", "standby-id", "standby-port",
 	}
 )
@@ -488,6 +492,7 @@ func editDistance(a, b string) int {
 func parseProgram(file string, name, body *yaml.Node, def programConfig) (programConfig, error) {
 	p := programConfig{
 		Name: name.Value, Service: name.Value, Addr: def.Addr, Budget: def.Budget,
+		ConnWait: def.ConnWait, ConnWaitSet: def.ConnWaitSet,
 		lines: map[string]int{}, line: name.Line,
 	}
 	where := fmt.Sprintf("in program %q", p.Name)
@@ -552,6 +557,16 @@ func parseProgram(file string, name, body *yaml.Node, def programConfig) (progra
 			} else {
 				p.RecycleAfter = d
 			}
+		case "conn-wait":
+			s, err := scalarString(v)
+			if err != nil {
+				return fail("%v", err)
+			}
+			d, err := time.ParseDuration(s)
+			if err != nil || d < 0 {
+				return fail("%q: want a duration of 0 or more, such as 250ms (0: no wait for connections)", s)
+			}
+			p.ConnWait, p.ConnWaitSet = d, true
 		case "recycle-rss":
 			s, err := scalarString(v)
 			if err != nil {

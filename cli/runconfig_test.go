@@ -42,6 +42,9 @@ func TestRunConfigExample(t *testing.T) {
 		{"web recycle-after", web.RecycleAfter, 24 * time.Hour},
 		{"web recycle-rss", web.RecycleRSS, uint64(1 << 30)},
 		{"web budget", web.Budget, 25 * time.Second},
+		{"web conn-wait", web.ConnWait, 250 * time.Millisecond},
+		{"web conn-wait set", web.ConnWaitSet, true},
+		{"worker conn-wait set", worker.ConnWaitSet, false},
 		{"web command", strings.Join(web.Command, " "), "./bin/web --listen 127.0.0.1:{port}"},
 		{"web env", strings.Join(web.Env, " "), "GOMAXPROCS=2"},
 		{"web dir", web.Dir, "/srv/web"},
@@ -86,6 +89,40 @@ programs:
 	}
 }
 
+// --conn-wait on the command line is every program's default; a program's
+// conn-wait key overrides it, 0 included (no wait).
+func TestRunConfigConnWait(t *testing.T) {
+	t.Parallel()
+	const yaml = "programs:\n  web:\n    port: 8080\n    command: [./web]\n  api:\n    port: 9000\n    conn-wait: \"0\"\n    command: [./api]\n"
+	for _, tc := range []struct {
+		name         string
+		def          programConfig
+		wantWeb      time.Duration
+		wantWebSet   bool
+		wantAPI      time.Duration
+		wantAPIIsSet bool
+	}{
+		{"unset on the command line", configDefaults, 0, false, 0, true},
+		{"set on the command line", programConfig{Addr: "127.0.0.1", Budget: 30 * time.Second, ConnWait: 250 * time.Millisecond, ConnWaitSet: true},
+			250 * time.Millisecond, true, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rf, err := parseRunConfig("run.yaml", []byte(yaml), tc.def)
+			if err != nil {
+				t.Fatalf("want it to parse, got %v", err)
+			}
+			web, api := rf.programs[0], rf.programs[1]
+			if web.ConnWait != tc.wantWeb || web.ConnWaitSet != tc.wantWebSet {
+				t.Errorf("web: want conn-wait %v (set %v), got %v (set %v)", tc.wantWeb, tc.wantWebSet, web.ConnWait, web.ConnWaitSet)
+			}
+			if api.ConnWait != tc.wantAPI || api.ConnWaitSet != tc.wantAPIIsSet {
+				t.Errorf("api: want conn-wait %v (set %v), got %v (set %v)", tc.wantAPI, tc.wantAPIIsSet, api.ConnWait, api.ConnWaitSet)
+			}
+		})
+	}
+}
+
 // Every mistake names the file, the line of the offending value, and what
 // to write instead; none quotes a secret.
 func TestRunConfigErrors(t *testing.T) {
@@ -95,7 +132,7 @@ func TestRunConfigErrors(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"unknown key", "programs:\n  web:\n    port: 8080\n    command: [./web]\n\n\n    retsart: always\n",
-			`web.yaml:7: unknown key "retsart" in program "web"; valid keys: addr, budget, command, dir, env, id, live, port, ready, recycle-after, recycle-rss, service, standby, standby-id, standby-port`},
+			`web.yaml:7: unknown key "retsart" in program "web"; valid keys: addr, budget, command, conn-wait, dir, env, id, live, port, ready, recycle-after, recycle-rss, service, standby, standby-id, standby-port`},
 		{"typo suggestion", head + "    comand: [x]\n", `web.yaml:5: unknown key "comand" in program "web" (did you mean "command"?)`},
 		{"swapped letters", head + "    stnadby: true\n", `(did you mean "standby"?)`},
 		{"unknown top key", "registry: [memory://]\n" + head, `web.yaml:1: unknown key "registry" at the top level (did you mean "registries"?); valid keys: programs, registries`},
@@ -117,6 +154,9 @@ func TestRunConfigErrors(t *testing.T) {
 		{"bad duration", head + "    budget: soon\n", `web.yaml:5: program "web": budget "soon": want a positive duration such as 30s`},
 		{"zero budget", head + "    budget: 0s\n", `web.yaml:5: program "web": budget "0s": want a positive duration`},
 		{"negative recycle-after", head + "    recycle-after: -1h\n", `web.yaml:5: program "web": recycle-after "-1h": want a positive duration`},
+		{"negative conn-wait", head + "    conn-wait: -250ms\n", `web.yaml:5: program "web": conn-wait "-250ms": want a duration of 0 or more, such as 250ms`},
+		{"conn-wait not a duration", head + "    conn-wait: 250\n", `web.yaml:5: program "web": conn-wait "250": want a duration of 0 or more`},
+		{"conn-wait a list", head + "    conn-wait: [1s]\n", `web.yaml:5: program "web": conn-wait is a list; want a single value`},
 		{"bad size", head + "    recycle-rss: 512M\n", `web.yaml:5: program "web": recycle-rss "512M" is not a size; want one such as 512MiB, 1GiB, 300MB or a number of bytes`},
 		{"standby not a bool", head + "    standby: yes\n", `web.yaml:5: program "web": standby yes: want true or false`},
 		{"standby-port alone", head + "    standby-port: 9000\n", `web.yaml:5: program "web": standby-port 9000: is only used with standby, recycle-after or recycle-rss`},
@@ -250,6 +290,7 @@ func TestRunConfigBadInput(t *testing.T) {
 		{"config and port", []string{"--registry", "memory://", "--config", good, "--port", "8080"}, "--port is set per program in the config file"},
 		{"config and standby", []string{"--registry", "memory://", "--config", good, "--standby"}, "--standby is set per program"},
 		{"config budget", []string{"--registry", "memory://", "--config", good, "--budget", "0s"}, "--budget 0s"},
+		{"config negative conn-wait", []string{"--registry", "memory://", "--config", good, "--conn-wait", "-1s"}, "--conn-wait -1s: want a duration of 0 or more"},
 		{"registry URL in file", []string{"--config", badReg}, "run.yaml:3: registries: adapters: registry URL"},
 		{"no registry anywhere", []string{"--config", noReg}, "or list registries: in"},
 	})

@@ -19,10 +19,10 @@
 //	sleep    deregister, sleep -sleep (15s, the preStop habit), SIGTERM,
 //	         graceful shutdown
 //	library  SIGTERM to an app that links lameduck
-//	prestop  `lameduck prestop` as the preStop hook, then SIGTERM, on an app
-//	         without the library
-//	run      SIGTERM to `lameduck run`, which supervises an app without the
-//	         library
+//	prestop  `lameduck prestop --conn-wait 250ms` as the preStop hook, then
+//	         SIGTERM, on an app without the library
+//	run      SIGTERM to `lameduck run --conn-wait 250ms`, which supervises an
+//	         app without the library
 //
 // It prints a line per offline and a table, writes proof.json (everything
 // measured) and one timeline-<registry>.svg per registry (one library
@@ -83,6 +83,7 @@ type configJSON struct {
 	SettleMS   int64    `json:"settle_ms"`
 	Follow     bool     `json:"stream_follow"`
 	PrestopQ   string   `json:"prestop_quiet,omitempty"`
+	ConnWait   string   `json:"conn_wait"` // prestop's and run's --conn-wait
 	ConsulAddr string   `json:"consul"`
 	NacosAddr  string   `json:"nacos"`
 	Workload   string   `json:"workload"`
@@ -308,7 +309,7 @@ func run(ctx context.Context, cfg *config, w io.Writer) (bool, error) {
 		Config: configJSON{
 			Registries: cfg.registries, Strategies: cfg.strategies, Rounds: cfg.rounds, RPS: cfg.rps,
 			Consumers: cfg.consumers, Instances: cfg.instances, SleepMS: cfg.sleep.Milliseconds(),
-			SettleMS: cfg.settle.Milliseconds(), Follow: cfg.streamFollow, PrestopQ: prestopQuiet, ConsulAddr: cfg.consulAddr, NacosAddr: cfg.nacosAddr, Workload: workload,
+			SettleMS: cfg.settle.Milliseconds(), Follow: cfg.streamFollow, PrestopQ: prestopQuiet, ConnWait: connWait.String(), ConsulAddr: cfg.consulAddr, NacosAddr: cfg.nacosAddr, Workload: workload,
 		},
 	}
 	fmt.Fprintln(w)

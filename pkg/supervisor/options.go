@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"io"
 	"os"
 	"time"
@@ -19,8 +20,8 @@ const (
 	DefaultLiveFailures     = 3
 	DefaultConnQuiet        = 250 * time.Millisecond
 	DefaultDeregTimeout     = 10 * time.Second
-	DefaultRecycleInterval  = time.Second // how often age and memory are looked at
-	connPoll                = 50 * time.Millisecond
+	DefaultRecycleInterval  = time.Second           // how often age and memory are looked at
+	connPoll                = 10 * time.Millisecond // how often the port's connections are counted
 )
 
 // Option configures a Supervisor.
@@ -38,6 +39,8 @@ type options struct {
 	budget        time.Duration
 	stopGrace     time.Duration
 	connQuiet     time.Duration
+	connWait      time.Duration
+	connWaitSet   bool
 	deregTimeout  time.Duration
 	standby       bool
 	recycleAfter  time.Duration
@@ -147,10 +150,32 @@ func WithStopGrace(d time.Duration) Option {
 }
 
 // WithConnQuiet sets how long the instance's port must have no established
-// connection before the child gets SIGTERM. The default is 250ms.
+// connection before the child gets SIGTERM; the port is looked at every
+// 10ms. The default is 250ms. WithConnWait bounds the whole wait.
 func WithConnQuiet(d time.Duration) Option {
 	return func(o *options) { o.connQuiet = d }
 }
+
+// WithConnWait bounds the wait for the instance's port to go quiet (see
+// WithConnQuiet): it ends when the port has had no established connection
+// for the quiet window or when d has passed since the wait began (after
+// the registries confirmed the removal), whichever comes first; then the
+// child gets SIGTERM. d = 0 means no wait for connections at all. Set it
+// when the child drains itself on SIGTERM (net/http Server.Shutdown, grpc
+// GracefulStop) and consumers hold connections open (streams, keep-alive
+// pools), which would otherwise keep the wait going until the deadline.
+// Connections still open when d passes are reported with EventConnsBusy,
+// whose Err wraps ErrConnWait. Without this option the wait lasts until
+// the deadline minus the stop grace, the safe choice for a child that does
+// not drain on SIGTERM. A negative d makes New fail.
+func WithConnWait(d time.Duration) Option {
+	return func(o *options) { o.connWait, o.connWaitSet = d, true }
+}
+
+// ErrConnWait is wrapped by the Err of an EventConnsBusy sent when the
+// connection wait ended because WithConnWait's bound passed, rather than
+// because the deadline came.
+var ErrConnWait = errors.New("supervisor: conn wait passed with connections still established")
 
 // WithDeregisterTimeout bounds the retries of the deregistration that
 // follows a child's death. The default is 10s.
