@@ -230,8 +230,9 @@ func (s *Supervisor) instance(slot int) registry.Instance {
 }
 
 // Force cuts a running offline short: the children's process groups get
-// SIGKILL at once and Run returns an error that wraps drain.ErrForced. If
-// Run's ctx has not ended, Force ends the supervision as if it had. It is
+// SIGKILL at once and Run returns an error that wraps drain.ErrForced (nil
+// if no copy was running, during a backoff say). If Run's ctx has not
+// ended, Force ends the supervision as if it had. It is
 // what a second SIGTERM does; safe to call more than once and from any
 // goroutine.
 func (s *Supervisor) Force() {
