@@ -32,9 +32,12 @@
 // offline with the drain protocol: deregister from every registry and
 // confirm, then wait until the instance's port has had no established TCP
 // connection for a quiet window (the supervisor has no request counter of
-// its own; the kernel's socket table is its in-flight signal), then SIGTERM
-// to the child's process group and wait for it to exit; SIGKILL at the
-// deadline. Run returns nil for a clean offline.
+// its own; the kernel's socket table is its in-flight signal), or at most
+// the connection wait (WithConnWait) for a child that drains itself while
+// consumers hold connections open, then SIGTERM to the child's process
+// group and wait for it to exit; SIGKILL at the deadline, or at once on
+// Force (a second SIGTERM). The standby, never registered, is just stopped.
+// Run returns nil for a clean offline.
 //
 // # Processes
 //
