@@ -20,7 +20,7 @@ bench:
 	go test -run '^$$' -bench . -benchmem -count 6 ./drain ./pkg/...
 
 # The proof of issue 6: rolling restarts under load on real Consul and Nacos, in five ways, against today's practice
-# (about 25 minutes). BENCHMARKS.md explains the method and the numbers; CI runs one round (integration/scripts/test.sh).
+# (about 10 minutes). BENCHMARKS.md explains the method and the numbers; CI runs one round (integration/scripts/test.sh).
 PROOF_OUT ?= /tmp/lameduck-proof
 .PHONY: proof
 proof: servers
