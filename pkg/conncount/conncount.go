@@ -1,38 +1,57 @@
-// Package conncount counts an application's in-flight inbound TCP
-// connections from outside the application, by reading the kernel's socket
-// tables (/proc/net/tcp and /proc/net/tcp6). It is the in-flight signal for
-// apps that do not link lameduck's drain library: the `lameduck prestop`
+// Package conncount watches an application's inbound TCP connections from
+// outside the application, through the kernel: the in-flight signal for
+// apps that do not link lameduck's drain library. The `lameduck prestop`
 // hook, which runs in the app's pod and so shares its network namespace,
-// and the supervisor. Across processes there is no event to wait on, so
-// WaitIdle polls.
+// and the supervisor use it. Across processes there is no event to wait on,
+// so WaitIdle polls.
 //
-// # What counts as in flight
+// # What counts
 //
-// A connection is in flight when its local port is the app's port and it is
-// ESTABLISHED. A connection in any other state cannot carry a request: in
-// FIN_WAIT1/2, CLOSING, LAST_ACK and TIME_WAIT the app has closed it and
+// A connection is the app's when its local port is the app's port and it
+// is ESTABLISHED. A connection in any other state cannot carry a request:
+// in FIN_WAIT1/2, CLOSING, LAST_ACK and TIME_WAIT the app has closed it and
 // can send nothing more on it; in CLOSE_WAIT the client has closed it, so no
 // request can arrive and the client will not read a response; SYN_RECV is a
 // handshake not yet finished, which shows up as ESTABLISHED on the next
 // read if it completes. ESTABLISHED connections still in the listener's
 // accept queue count: the app will serve them.
 //
-// The kernel cannot tell a connection that carries a request from an idle
-// keep-alive connection, so idle keep-alive connections count as in flight.
-// An app that is draining must close its idle keep-alive connections, or the
-// count never reaches 0: Go's http.Server.Shutdown does (it closes idle
-// connections at once and the others as their requests finish), and
-// grpc.Server.GracefulStop sends GOAWAY and closes each connection when its
-// last stream ends. The count is of connections, not requests: one HTTP/2
+// A connection is busy when it carries a request. On Linux the kernel's
+// sock_diag interface (what `ss -ti` reads) gives each connection's
+// tcp_info, which says how long ago data last arrived on it and how long
+// ago the app last sent some: a connection is busy when data arrived after
+// the app's last send (a request not yet answered) or sits unread in its
+// receive queue. An idle keep-alive connection (the app answered last) is
+// not busy, and neither is a stream the app keeps writing to (a
+// Server-Sent Events or gRPC server stream): only the app can end those,
+// which is what its own graceful shutdown after SIGTERM is for. The times
+// also show requests that came and went between two polls, on connections
+// that stayed open. The count is of connections, not requests: one HTTP/2
 // connection carries many.
+//
+// Where sock_diag cannot be used (WithProcRoot, WithPID, a kernel or
+// sandbox without it), conncount reads /proc/net/tcp and /proc/net/tcp6,
+// which do not say which connections are busy, so every established
+// connection counts as busy. An app that is draining must then close its
+// idle keep-alive connections, or the count never reaches 0: Go's
+// http.Server.Shutdown does, and grpc.Server.GracefulStop sends GOAWAY and
+// closes each connection when its last stream ends.
 //
 // # Limits
 //
+// Busy is a reading of timestamps, not of the application protocol. The
+// kernel keeps them in jiffies (1 to 10 ms): a request that arrives in the
+// same jiffy as the answer to the one before it looks answered. The app's
+// graceful shutdown still waits for such a request; only the shutdown's
+// own pace then decides when the app exits. A request whose answer the app
+// starts to send before it is done (the headers first, say) looks answered
+// from then on, for the same reason.
+//
 // The kernel does not produce the tables atomically: while connections come
-// and go, a read can miss a connection. (It can also print one twice; Count
-// drops such duplicates.) A connection that opens and closes between two
-// polls is not seen at all. WaitIdle therefore asks for the count to stay at
-// 0 for a quiet window, not for a single 0.
+// and go, a read can miss a connection. (It can also print one twice; reads
+// drop such duplicates.) A connection that opens and closes between two
+// polls is not seen at all. WaitIdle therefore asks for a quiet window with
+// no request, not for a single idle poll.
 //
 // The tables do not say which side opened a connection. An outbound
 // connection whose local port happens to equal the app's port counts as
@@ -54,6 +73,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/lameduck/lameduck/internal/clock"
@@ -113,14 +133,18 @@ func withClock(c clock.Clock) Option {
 	return func(o *options) { o.clock = c }
 }
 
-// Counter counts the ESTABLISHED inbound TCP connections on one local port.
-// It holds no open files; each call reads the tables afresh. It is safe for
-// concurrent use. The zero value is not usable; use New.
+// Counter watches the ESTABLISHED inbound TCP connections on one local
+// port. It holds no open files; each call reads the kernel's tables afresh.
+// It is safe for concurrent use. The zero value is not usable; use New.
 type Counter struct {
 	port   uint16
 	tables [2]table
 	addrs  []netip.Addr // unmapped, without zones
 	clock  clock.Clock
+	// diag: sock_diag may be tried (the caller's own namespace, no fixture).
+	// noDiag: it was tried and cannot be used here, so the tables are read.
+	diag   bool
+	noDiag atomic.Bool
 }
 
 // table is one of the kernel's TCP tables.
@@ -154,6 +178,7 @@ func New(port int, opts ...Option) (*Counter, error) {
 			{path: filepath.Join(dir, "tcp6"), addrLen: 32},
 		},
 		clock: o.clock,
+		diag:  o.procRoot == DefaultProcRoot && !o.pidSet,
 	}
 	for _, a := range o.addrs {
 		if !a.IsValid() {
@@ -178,16 +203,49 @@ func (c *Counter) Count(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if len(c.addrs) == 0 {
-		return len(s.established), nil
+	return len(c.mine(s)), nil
+}
+
+// Activity is one look at a port's connections.
+type Activity struct {
+	Established int // ESTABLISHED connections on the port
+	Busy        int // those of them that carry a request (see the package doc)
+	// Timed says whether the kernel gave each connection's send and receive
+	// times (sock_diag). Without them every established connection counts
+	// as busy.
+	Timed bool
+}
+
+// Activity reads the port's connections once and says how many are
+// established and how many of those are busy. Errors are as for Count.
+func (c *Counter) Activity(ctx context.Context) (Activity, error) {
+	s, err := c.read(ctx)
+	if err != nil {
+		return Activity{}, err
 	}
-	n := 0
-	for _, a := range s.established {
-		if c.covered(a, s.listeners) {
-			n++
+	a := Activity{Timed: s.timed}
+	for _, r := range c.mine(s) {
+		a.Established++
+		if r.busy() {
+			a.Busy++
 		}
 	}
-	return n, nil
+	return a, nil
+}
+
+// mine returns the established connections of s that are the app's: all of
+// them, or with WithAddrs those whose local address is covered.
+func (c *Counter) mine(s snapshot) []row {
+	if len(c.addrs) == 0 {
+		return s.established
+	}
+	var out []row
+	for _, r := range s.established {
+		if c.covered(r.local.Addr().Unmap(), s.listeners) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // Listening reports whether a socket LISTENs on the port (with WithAddrs, on
@@ -205,11 +263,11 @@ func (c *Counter) Listening(ctx context.Context) (bool, error) {
 	return false, nil
 }
 
-// NotIdleError is WaitIdle's error when ctx ends before the port has been
-// idle for the quiet window. It wraps ctx.Err().
+// NotIdleError is WaitIdle's error when ctx ends before the port has
+// drained. It wraps ctx.Err().
 type NotIdleError struct {
 	Port  int
-	Conns int // the count at the last poll; -1 if no poll finished
+	Conns int // busy connections at the last poll; -1 if no poll finished
 	Err   error
 }
 
@@ -217,18 +275,22 @@ func (e *NotIdleError) Error() string {
 	if e.Conns < 0 {
 		return fmt.Sprintf("conncount: port %d: gave up before the first count: %v", e.Port, e.Err)
 	}
-	return fmt.Sprintf("conncount: %d connections still established on port %d: %v", e.Conns, e.Port, e.Err)
+	return fmt.Sprintf("conncount: %d connections on port %d still busy: %v", e.Conns, e.Port, e.Err)
 }
 
 func (e *NotIdleError) Unwrap() error { return e.Err }
 
-// WaitIdle blocks until Count has been 0 for quiet, polling it every every.
-// Polls happen at once and then every interval, or sooner when the quiet
-// window ends before the next one; a poll that finds any connection starts
-// the window again, so with quiet 0 the first 0 returns. Activity between
-// polls is not seen. When ctx ends first WaitIdle returns a *NotIdleError
-// that wraps ctx.Err(); a failed read is returned as Count returns it. It is
-// safe to call concurrently.
+// WaitIdle blocks until the port has drained: no connection is busy, and no
+// request has arrived for the quiet window. Like the drain library's, the
+// window counts from the call, or from the last request that arrived after
+// it (from its end while it is seen busy, from its arrival once it is seen
+// answered); requests already in flight at the call only have to end. Without the kernel's times (Activity.Timed false) every established
+// connection is busy and may be a new request, so the count must stay 0 for
+// quiet. WaitIdle polls at once and then every interval, or sooner when the
+// quiet window ends before the next one; with quiet 0 the first idle poll
+// returns. When ctx ends first WaitIdle returns a *NotIdleError that wraps
+// ctx.Err(); a failed read is returned as Count returns it. It is safe to
+// call concurrently.
 func (c *Counter) WaitIdle(ctx context.Context, quiet, every time.Duration) error {
 	if every <= 0 {
 		return fmt.Errorf("conncount: poll interval %v is not positive", every)
@@ -236,27 +298,21 @@ func (c *Counter) WaitIdle(ctx context.Context, quiet, every time.Duration) erro
 	if quiet < 0 {
 		return fmt.Errorf("conncount: quiet window %v is negative", quiet)
 	}
-	last := -1
-	var idleSince time.Time
-	idle := false
+	busy := -1
+	w := newDrainWatch(c.clock.Now())
 	for {
-		n, err := c.Count(ctx)
+		s, err := c.read(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
-				return &NotIdleError{Port: int(c.port), Conns: last, Err: ctx.Err()}
+				return &NotIdleError{Port: int(c.port), Conns: busy, Err: ctx.Err()}
 			}
 			return err
 		}
-		last = n
 		now := c.clock.Now()
+		busy = w.observe(now, c.mine(s))
 		wait := every
-		if n > 0 {
-			idle = false
-		} else {
-			if !idle {
-				idle, idleSince = true, now
-			}
-			left := quiet - now.Sub(idleSince)
+		if busy == 0 {
+			left := w.last.Add(quiet).Sub(now)
 			if left <= 0 {
 				return nil
 			}
@@ -266,29 +322,77 @@ func (c *Counter) WaitIdle(ctx context.Context, quiet, every time.Duration) erro
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return &NotIdleError{Port: int(c.port), Conns: last, Err: ctx.Err()}
+			return &NotIdleError{Port: int(c.port), Conns: busy, Err: ctx.Err()}
 		case <-t.C():
 		}
 	}
 }
 
+// drainWatch is WaitIdle's memory between polls.
+type drainWatch struct {
+	start time.Time // the call
+	last  time.Time // the quiet window counts from here
+	// Connections that carried a request begun after the call at the last
+	// poll: one gone by the next ended between the two polls.
+	lateBusy map[[2]netip.AddrPort]bool
+}
+
+func newDrainWatch(start time.Time) *drainWatch {
+	return &drainWatch{start: start, last: start}
+}
+
+// observe takes one poll's connections, read at now, moves w.last past the
+// requests that arrived after the call, and returns how many are busy.
+func (w *drainWatch) observe(now time.Time, conns []row) (busy int) {
+	stillBusy := map[[2]netip.AddrPort]bool{}
+	for _, r := range conns {
+		key := [2]netip.AddrPort{r.local, r.remote}
+		late := !r.activity || !now.Add(-r.lastRecv).Before(w.start)
+		switch {
+		case r.busy():
+			busy++
+			if late {
+				w.last = now
+				stillBusy[key] = true
+			}
+		case late:
+			// A request arrived after the call and is answered. The window
+			// counts from its arrival: the last send may be a stream's,
+			// long after the answer.
+			if at := now.Add(-r.lastRecv); at.After(w.last) {
+				w.last = at
+			}
+		}
+		delete(w.lateBusy, key)
+	}
+	if len(w.lateBusy) > 0 {
+		// Closed since the last poll, at a moment the kernel no longer
+		// tells: count the window from now.
+		w.last = now
+	}
+	w.lateBusy = stillBusy
+	return busy
+}
+
 // readSize is the size of each read(2) of a table, about 400 rows.
 const readSize = 64 << 10
 
-// snapshot is what one read of the tables found on the port: the local
-// addresses of ESTABLISHED and LISTEN sockets, unmapped.
+// snapshot is what one read of the kernel's tables found on the port: the
+// ESTABLISHED sockets and the local addresses of LISTEN ones, unmapped.
 type snapshot struct {
-	established []netip.Addr
+	established []row
 	listeners   []netip.Addr
+	timed       bool // read through sock_diag: the rows have their activity
 }
 
 func (c *Counter) read(ctx context.Context) (snapshot, error) {
 	var s snapshot
-	// The kernel writes a table in chunks, one per read(2), and resumes each
-	// chunk by position in a hash bucket: a socket added to that bucket in
-	// between makes a row appear twice. A connection is unique by its
-	// address pair, so the duplicates are dropped here, and reading in big
-	// chunks leaves fewer places to resume at.
+	// A table is written in chunks (one per read(2) of /proc, one per
+	// netlink message batch of sock_diag), and each chunk resumes by
+	// position in a hash bucket: a socket added to that bucket in between
+	// makes a row appear twice. A connection is unique by its address pair,
+	// so the duplicates are dropped here, and reading in big chunks leaves
+	// fewer places to resume at.
 	seen := make(map[[2]netip.AddrPort]struct{})
 	collect := func(r row) {
 		if r.local.Port() != c.port {
@@ -301,10 +405,26 @@ func (c *Counter) read(ctx context.Context) (snapshot, error) {
 				return
 			}
 			seen[key] = struct{}{}
-			s.established = append(s.established, r.local.Addr().Unmap())
+			s.established = append(s.established, r)
 		case stateListen:
 			s.listeners = append(s.listeners, r.local.Addr().Unmap())
 		}
+	}
+	if c.diag && !c.noDiag.Load() {
+		err := readDiag(ctx, c.port, collect)
+		switch {
+		case err == nil:
+			s.timed = true
+			return s, nil
+		case ctx.Err() != nil:
+			return snapshot{}, fmt.Errorf("conncount: %w", ctx.Err())
+		case errors.Is(err, errNoDiag):
+			c.noDiag.Store(true) // for good: read the tables from now on
+		default:
+			return snapshot{}, fmt.Errorf("conncount: %w", err)
+		}
+		s = snapshot{}
+		clear(seen)
 	}
 	missing := 0
 	for _, t := range c.tables {

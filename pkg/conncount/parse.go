@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"time"
 )
 
 // TCP states as the kernel prints them in /proc/net/tcp (include/net/tcp_states.h).
@@ -34,10 +35,28 @@ func (e *ParseError) Error() string {
 
 func (e *ParseError) Unwrap() error { return e.Err }
 
-// row is the part of a TCP table line that conncount uses.
+// row is one socket as conncount sees it: the part of a TCP table line it
+// uses or, from sock_diag, that and the connection's activity.
 type row struct {
 	local, remote netip.AddrPort
 	state         uint8
+
+	// From sock_diag only (activity true): bytes received that the app has
+	// not read, and how long ago data last arrived and last left.
+	activity           bool
+	rqueue             uint32
+	lastRecv, lastSent time.Duration
+}
+
+// busy reports whether the connection carries a request: data arrived that
+// the app has not read, or data arrived after the app last sent any (a
+// request not yet answered). Without activity it cannot tell, and every
+// connection counts as busy.
+func (r row) busy() bool {
+	if !r.activity {
+		return true
+	}
+	return r.rqueue > 0 || r.lastRecv < r.lastSent
 }
 
 func (r row) String() string { return fmt.Sprintf("%v->%v st=%02X", r.local, r.remote, r.state) }

@@ -141,18 +141,80 @@ func TestListeningRealSockets(t *testing.T) {
 	}
 }
 
+// jiffy is more than the kernel's tick (1 to 10 ms), in which it keeps a
+// connection's last send and receive times: waiting it makes the next
+// event's time differ from the last one's.
+const jiffy = 25 * time.Millisecond
+
+// TestActivityRealSockets follows one connection through a request and its
+// answer, as sock_diag reports it.
+func TestActivityRealSockets(t *testing.T) {
+	t.Parallel()
+	requireDiag(t)
+	ln := listen(t, "tcp4", "127.0.0.1")
+	port := ln.Addr().(*net.TCPAddr).Port
+	c, err := New(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients, servers := connect(t, ln, "127.0.0.1", 1)
+	client, server := clients[0], servers[0]
+	check := func(step string, established, busy int) {
+		t.Helper()
+		a, err := c.Activity(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := Activity{Established: established, Busy: busy, Timed: true}
+		if a != want {
+			logPort(t, port)
+			t.Fatalf("%s: want %+v, got %+v", step, want, a)
+		}
+	}
+	buf := make([]byte, 16)
+	check("connected, nothing sent", 1, 0)
+	time.Sleep(jiffy)
+	write(t, client, "GET")
+	check("request unread", 1, 1)
+	if _, err := server.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	check("request read, not answered", 1, 1)
+	time.Sleep(jiffy)
+	write(t, server, "ok")
+	check("answered: an idle keep-alive connection", 1, 0)
+	time.Sleep(jiffy)
+	write(t, server, "tick")
+	check("the app writes on (a stream)", 1, 0)
+	time.Sleep(jiffy)
+	write(t, client, "GET")
+	check("the next request", 1, 1)
+	if _, err := server.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	awaitEOF(t, server)
+	check("client closed its side: CLOSE_WAIT carries no request", 0, 0)
+}
+
 // TestWaitIdleRealSockets runs WaitIdle against real connections: it must
-// not return while one is open, and must return once the server has closed
-// them.
+// not return while one carries a request, and must return once each is
+// answered, with the connections still open.
 func TestWaitIdleRealSockets(t *testing.T) {
 	t.Parallel()
+	requireDiag(t)
 	ln := listen(t, "tcp4", "127.0.0.1")
 	port := ln.Addr().(*net.TCPAddr).Port
 	clients, servers := connect(t, ln, "127.0.0.1", 3)
-	defer closeAll(clients)
+	time.Sleep(jiffy)
+	for _, cl := range clients {
+		write(t, cl, "GET")
+	}
 
-	// On a fake clock: the first poll sees 3 and arms a timer; cancelling
-	// then must report the 3.
+	// On a fake clock: the first poll sees 3 busy and arms a timer;
+	// cancelling then must report the 3.
 	f := clock.NewFake(t0)
 	fc, err := New(port, withClock(f))
 	if err != nil {
@@ -166,26 +228,81 @@ func TestWaitIdleRealSockets(t *testing.T) {
 	select {
 	case <-added:
 	case err := <-busy:
-		t.Fatalf("with 3 connections open: want WaitIdle to keep polling, got %v", err)
+		t.Fatalf("with 3 requests unanswered: want WaitIdle to keep polling, got %v", err)
 	case <-time.After(waitLong):
 		t.Fatalf("want WaitIdle's first poll within %v, got none", waitLong)
 	}
 	cancel()
 	var ni *NotIdleError
 	if err := recv(t, busy, "WaitIdle to return after cancel"); !errors.As(err, &ni) || ni.Conns != 3 || !errors.Is(err, context.Canceled) {
-		t.Fatalf("with 3 connections open: want *NotIdleError{Conns: 3} wrapping context.Canceled, got %v", err)
+		t.Fatalf("with 3 requests unanswered: want *NotIdleError{Conns: 3} wrapping context.Canceled, got %v", err)
 	}
 
-	// On the wall clock: closing the connections while WaitIdle polls ends it.
+	// On the wall clock: answering the requests while WaitIdle polls ends
+	// it, though the connections stay open (keep-alive).
 	c, err := New(port)
 	if err != nil {
 		t.Fatal(err)
 	}
 	idle := make(chan error, 1)
 	go func() { idle <- c.WaitIdle(t.Context(), 5*time.Millisecond, time.Millisecond) }()
+	time.Sleep(jiffy)
+	buf := make([]byte, 16)
+	for _, sv := range servers {
+		if _, err := sv.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+		write(t, sv, "ok")
+	}
+	if err := recv(t, idle, "WaitIdle to return after the answers"); err != nil {
+		t.Fatalf("after answering every request: want nil, got %v", err)
+	}
+	if n, err := c.Count(t.Context()); n != 3 || err != nil {
+		t.Fatalf("want the 3 keep-alive connections still established, got %d, %v", n, err)
+	}
+}
+
+// TestWaitIdleUntimed is WaitIdle without the kernel's times (the tables
+// of /proc, as with WithPID): every established connection is busy, so it
+// returns only once they are closed.
+func TestWaitIdleUntimed(t *testing.T) {
+	t.Parallel()
+	ln := listen(t, "tcp4", "127.0.0.1")
+	port := ln.Addr().(*net.TCPAddr).Port
+	clients, servers := connect(t, ln, "127.0.0.1", 2)
+	defer closeAll(clients)
+	c, err := New(port, WithPID(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err := c.Activity(t.Context()); err != nil || a != (Activity{Established: 2, Busy: 2}) {
+		t.Fatalf("2 connections, untimed: want {Established:2 Busy:2 Timed:false}, got %+v, %v", a, err)
+	}
+	idle := make(chan error, 1)
+	go func() { idle <- c.WaitIdle(t.Context(), 5*time.Millisecond, time.Millisecond) }()
 	closeAll(servers)
 	if err := recv(t, idle, "WaitIdle to return after the connections closed"); err != nil {
 		t.Fatalf("after closing every connection: want nil, got %v", err)
+	}
+}
+
+// requireDiag skips the test where sock_diag cannot be used (a sandbox
+// that forbids netlink sockets); any other error fails it.
+func requireDiag(t *testing.T) {
+	t.Helper()
+	err := readDiag(t.Context(), 1, func(row) {})
+	if errors.Is(err, errNoDiag) {
+		t.Skipf("sock_diag is not usable here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func write(t *testing.T, conn net.Conn, s string) {
+	t.Helper()
+	if _, err := io.WriteString(conn, s); err != nil {
+		t.Fatal(err)
 	}
 }
 
