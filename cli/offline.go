@@ -32,9 +32,9 @@ type Result struct {
 	Registries   []registryResult  `json:"registries"`
 	AdminPhase   string            `json:"admin_phase,omitempty"`
 	LateRequests int64             `json:"late_requests"`
-	// OpenConns counts the connections still established on prestop's
-	// --port when --conn-wait ended the wait; the app's own shutdown after
-	// SIGTERM closes them.
+	// OpenConns counts the connections on prestop's --port still carrying
+	// requests when --conn-wait ended the wait; the app's own shutdown after
+	// SIGTERM ends them.
 	OpenConns int    `json:"open_conns,omitempty"`
 	Error     string `json:"error,omitempty"`
 }

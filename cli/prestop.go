@@ -21,11 +21,11 @@ func prestopCommand() *ucli.Command {
 		Usage: "a Kubernetes preStop hook: drain this pod's instance, exit 0 when nothing is left to lose",
 		Description: "With --admin (an app that links lameduck), asks the app to go offline and follows it until Offline.\n" +
 			"Otherwise (any language), deregisters the instance itself (--registry, --service, --port and the\n" +
-			"pod's IP), waits for each registry's confirmation, and counts the app's established TCP\n" +
-			"connections on --port until they are zero for the quiet window, or until --conn-wait has passed.\n" +
-			"Set --conn-wait (250ms, say) when the app drains itself on SIGTERM (http.Server.Shutdown, grpc\n" +
-			"GracefulStop) and its consumers hold connections open (streams, keep-alive pools): without it\n" +
-			"those connections keep prestop waiting until the deadline.\n" +
+			"pod's IP), waits for each registry's confirmation, then watches the app's TCP connections on --port\n" +
+			"through the kernel (sock_diag, as ss -ti does) until none carries a request and none has arrived for\n" +
+			"--quiet. Idle keep-alive connections and streams the app writes to do not hold it up: the app's own\n" +
+			"graceful shutdown after SIGTERM closes them. Where the kernel's per-connection times are not available\n" +
+			"every established connection counts as busy; --conn-wait then bounds the wait.\n" +
 			"The deadline is --grace-period (the pod's terminationGracePeriodSeconds) minus --margin.\n\n" +
 			"Exit codes: 0 drained, 1 failed, 2 bad input, 3 registry unreachable, 4 forced at the deadline.",
 		Flags: append(offlineFlags(),
@@ -33,11 +33,11 @@ func prestopCommand() *ucli.Command {
 			&ucli.DurationFlag{Name: "margin", Value: 2 * time.Second, Usage: "kept back from the grace period for the kubelet's SIGTERM"},
 			&ucli.IntFlag{Name: "port", Usage: "the app's port (plain mode; its connections are counted)"},
 			&ucli.StringFlag{Name: "pod-ip", Usage: "the instance's address (plain mode)", EnvVars: []string{EnvPodIP}},
-			&ucli.DurationFlag{Name: "quiet", Value: 500 * time.Millisecond, Usage: "how long the connection count must stay zero"},
+			&ucli.DurationFlag{Name: "quiet", Value: 250 * time.Millisecond,
+				Usage: "how long no request may arrive, counted from the registries' confirmation or the last request after it"},
 			&ucli.DurationFlag{Name: "conn-wait", DefaultText: "until the deadline",
-				Usage: "plain mode: after the registries confirm, wait at most this long for the connection count to stay zero " +
-					"for --quiet, then exit so the app gets SIGTERM (0: no wait). Set it when the app drains itself on SIGTERM " +
-					"and consumers hold connections open (streams, keep-alive pools)"},
+				Usage: "plain mode: after the registries confirm, wait at most this long for the connections to go quiet, " +
+					"then exit so the app gets SIGTERM (0: no wait); requests still running are left to the app's graceful shutdown"},
 		),
 		Action: func(c *ucli.Context) error {
 			grace, margin := c.Duration("grace-period"), c.Duration("margin")
@@ -114,27 +114,32 @@ type connWaiter struct {
 	bounded bool          // --conn-wait was given; otherwise the deadline ends the wait
 }
 
-// drain waits until the port has had no established connection for the
-// quiet window, or until the conn wait has passed; it returns how many
-// connections it leaves open to the app's own shutdown. When ctx (the
-// deadline) ends first it returns conncount's *NotIdleError.
+// drain waits until no connection to the port carries a request and none
+// has arrived for the quiet window, or until the conn wait has passed; it
+// returns how many busy connections it leaves to the app's own shutdown.
+// When ctx (the deadline) ends first it returns conncount's *NotIdleError.
 func (w connWaiter) drain(ctx context.Context, progress func(string)) (int, error) {
 	port := w.counter.Port()
 	left := func(n int) (int, error) {
 		if n > 0 {
-			progress(fmt.Sprintf("--conn-wait %v passed; connections still established on port %d: %d, "+
+			progress(fmt.Sprintf("--conn-wait %v passed; connections on port %d still carrying requests: %d, "+
 				"left to the app's graceful shutdown after SIGTERM", w.wait, port, n))
 		}
 		return max(n, 0), nil
 	}
 	if w.bounded && w.wait == 0 {
-		n, err := w.counter.Count(ctx) // no wait: one count, for the report
+		a, err := w.counter.Activity(ctx) // no wait: one look, for the report
 		if err != nil {
 			return 0, err
 		}
-		return left(n)
+		return left(a.Busy)
 	}
-	progress(fmt.Sprintf("counting established connections on port %d", port))
+	if a, err := w.counter.Activity(ctx); err == nil && !a.Timed {
+		progress(fmt.Sprintf("waiting for the %d established connections on port %d to close "+
+			"(the kernel does not say which carry requests here)", a.Established, port))
+	} else {
+		progress(fmt.Sprintf("waiting for the requests on port %d to end", port))
+	}
 	wctx := ctx
 	if w.bounded {
 		var cancel context.CancelFunc

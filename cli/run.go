@@ -35,11 +35,10 @@ func runCommand() *ucli.Command {
 		Description: "Starts COMMAND in its own process group, registers it in every --registry once --ready passes\n" +
 			"(an HTTP URL; by default, once --port accepts connections), deregisters it at once when it exits\n" +
 			"abnormally and restarts it with backoff, giving up after too many failures in a short time.\n" +
-			"On SIGTERM or SIGINT: deregister, confirm, wait for its connections to close (at most --conn-wait),\n" +
-			"then SIGTERM to the child and SIGKILL at the deadline. A second SIGTERM or SIGINT sends SIGKILL at\n" +
-			"once (exit 4). Set --conn-wait (250ms, say) when the child drains itself on SIGTERM\n" +
-			"(http.Server.Shutdown, grpc GracefulStop) and its consumers hold connections open (streams,\n" +
-			"keep-alive pools): without it those connections hold SIGTERM back until the deadline.\n\n" +
+			"On SIGTERM or SIGINT: deregister, confirm, wait until none of its connections carries a request and\n" +
+			"none has arrived for 250ms (at most --conn-wait), then SIGTERM to the child and SIGKILL at the\n" +
+			"deadline. Idle keep-alive connections and streams are left to the child's graceful shutdown. A second\n" +
+			"SIGTERM or SIGINT sends SIGKILL at once (exit 4).\n\n" +
 			"--standby keeps a warm second copy on --standby-port (default --port + 1), ready but unregistered,\n" +
 			"registered the moment the first one dies. --recycle-after and --recycle-rss replace a copy that is\n" +
 			"too old or too big: its replacement is registered first, then it is taken offline losslessly.\n" +
@@ -62,8 +61,8 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "live", Usage: "liveness URL; the child is restarted when it keeps failing"},
 			&ucli.DurationFlag{Name: "budget", Value: 30 * time.Second, Usage: "the one deadline for taking the child offline"},
 			&ucli.DurationFlag{Name: "conn-wait", DefaultText: "until the deadline",
-				Usage: "after the registries confirm, wait at most this long for the port's connections to close before SIGTERM " +
-					"(0: no wait). Set it when the child drains itself on SIGTERM and consumers hold connections open (streams, keep-alive pools)"},
+				Usage: "after the registries confirm, wait at most this long for the requests on the port to end before SIGTERM " +
+					"(0: no wait); requests still running are left to the child's graceful shutdown"},
 			&ucli.BoolFlag{Name: "standby", Usage: "keep a warm standby on --standby-port, registered the moment the active copy dies"},
 			&ucli.IntFlag{Name: "standby-port", Usage: "the second copy's port (default --port + 1 with --standby or a recycle limit)"},
 			&ucli.StringFlag{Name: "standby-id", Usage: "the second copy's instance ID (default SERVICE-ADDR-STANDBYPORT, or ID-STANDBYPORT with --id)"},

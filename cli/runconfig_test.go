@@ -42,7 +42,7 @@ func TestRunConfigExample(t *testing.T) {
 		{"web recycle-after", web.RecycleAfter, 24 * time.Hour},
 		{"web recycle-rss", web.RecycleRSS, uint64(1 << 30)},
 		{"web budget", web.Budget, 25 * time.Second},
-		{"web conn-wait", web.ConnWait, 250 * time.Millisecond},
+		{"web conn-wait", web.ConnWait, 5 * time.Second},
 		{"web conn-wait set", web.ConnWaitSet, true},
 		{"worker conn-wait set", worker.ConnWaitSet, false},
 		{"web command", strings.Join(web.Command, " "), "./bin/web --listen 127.0.0.1:{port}"},

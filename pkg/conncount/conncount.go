@@ -40,8 +40,11 @@
 // # Limits
 //
 // Busy is a reading of timestamps, not of the application protocol. The
-// kernel keeps them in jiffies (1 to 10 ms): a request that arrives in the
-// same jiffy as the answer to the one before it looks answered. The app's
+// kernel keeps them in jiffies (1 to 10 ms): on a keep-alive connection, a
+// request that arrives in the same jiffy as the answer to the one before it
+// looks answered. (A new connection's first request does not: the kernel
+// also counts the data segments each way, and data in with none out is a
+// request.) The app's
 // graceful shutdown still waits for such a request; only the shutdown's
 // own pace then decides when the app exits. A request whose answer the app
 // starts to send before it is done (the headers first, say) looks answered

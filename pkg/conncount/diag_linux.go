@@ -25,11 +25,15 @@ const (
 	diagRecvBuf      = 1 << 15 // bytes per recvfrom; the kernel fills up to this
 	diagStates       = 1<<stateEstablished | 1<<stateListen
 
-	// Offsets in struct tcp_info of the fields read here; present since
-	// Linux 2.6.
+	// Offsets in struct tcp_info (linux/tcp.h) of the fields read here:
+	// the last-data times since Linux 2.6, the data segment counts since
+	// 4.6 (read when the kernel's struct is long enough).
 	tcpiLastDataSent = 44
 	tcpiLastDataRecv = 52
 	tcpiMinLen       = tcpiLastDataRecv + 4
+	tcpiDataSegsIn   = 152
+	tcpiDataSegsOut  = 156
+	tcpiSegsLen      = tcpiDataSegsOut + 4
 )
 
 // errNoDiag means the kernel's sock_diag cannot be used here (another OS, a
@@ -167,6 +171,11 @@ func parseDiagMsg(b []byte, port uint16) (row, bool) {
 			rw.activity = true
 			rw.lastSent = time.Duration(ne.Uint32(info[tcpiLastDataSent:])) * time.Millisecond
 			rw.lastRecv = time.Duration(ne.Uint32(info[tcpiLastDataRecv:])) * time.Millisecond
+			if len(info) >= tcpiSegsLen {
+				rw.segs = true
+				rw.segsIn = ne.Uint32(info[tcpiDataSegsIn:])
+				rw.segsOut = ne.Uint32(info[tcpiDataSegsOut:])
+			}
 		}
 		a = a[min((alen+3)&^3, len(a)):]
 	}

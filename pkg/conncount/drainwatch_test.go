@@ -26,6 +26,10 @@ func TestDrainWatch(t *testing.T) {
 		r.activity = false
 		return r
 	}
+	segs := func(r row, in, out uint32) row {
+		r.segs, r.segsIn, r.segsOut = true, in, out
+		return r
+	}
 	type poll struct {
 		at       time.Duration // after the call
 		conns    []row
@@ -54,6 +58,13 @@ func TestDrainWatch(t *testing.T) {
 		}},
 		{name: "same jiffy reads as answered", polls: []poll{
 			{at: 0, conns: []row{conn(1, 4*ms, 4*ms, 0)}, wantBusy: 0, wantLast: 0},
+		}},
+		{name: "same jiffy, but the app never sent: a first request", polls: []poll{
+			{at: 0, conns: []row{segs(conn(1, 4*ms, 4*ms, 0), 1, 0)}, wantBusy: 1, wantLast: 0},
+			{at: 100 * ms, conns: []row{segs(conn(1, 104*ms, 2*ms, 0), 1, 1)}, wantBusy: 0, wantLast: 0},
+		}},
+		{name: "no data either way is idle", polls: []poll{
+			{at: 0, conns: []row{segs(conn(1, 30*ms, 30*ms, 0), 0, 0)}, wantBusy: 0, wantLast: 0},
 		}},
 		{name: "a late request moves the window while it runs", polls: []poll{
 			{at: 0, conns: []row{conn(1, 500*ms, 400*ms, 0)}, wantBusy: 0, wantLast: 0},

@@ -42,21 +42,26 @@ type row struct {
 	state         uint8
 
 	// From sock_diag only (activity true): bytes received that the app has
-	// not read, and how long ago data last arrived and last left.
+	// not read, how long ago data last arrived and last left, and (segs
+	// true) how many data segments came in and went out.
 	activity           bool
 	rqueue             uint32
 	lastRecv, lastSent time.Duration
+	segs               bool
+	segsIn, segsOut    uint32
 }
 
 // busy reports whether the connection carries a request: data arrived that
 // the app has not read, or data arrived after the app last sent any (a
-// request not yet answered). Without activity it cannot tell, and every
-// connection counts as busy.
+// request not yet answered), or data arrived and the app never sent any (a
+// new connection's first request, which often comes in the same tick as
+// the handshake). Without activity it cannot tell, and every connection
+// counts as busy.
 func (r row) busy() bool {
 	if !r.activity {
 		return true
 	}
-	return r.rqueue > 0 || r.lastRecv < r.lastSent
+	return r.rqueue > 0 || r.lastRecv < r.lastSent || (r.segs && r.segsIn > 0 && r.segsOut == 0)
 }
 
 func (r row) String() string { return fmt.Sprintf("%v->%v st=%02X", r.local, r.remote, r.state) }

@@ -197,6 +197,15 @@ func TestActivityRealSockets(t *testing.T) {
 	}
 	awaitEOF(t, server)
 	check("client closed its side: CLOSE_WAIT carries no request", 0, 0)
+
+	// A new connection's first request, sent at once (most likely in the
+	// handshake's tick), is busy too.
+	clients, servers = connect(t, ln, "127.0.0.1", 1)
+	write(t, clients[0], "GET")
+	if _, err := servers[0].Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	check("a new connection's first request, read", 1, 1)
 }
 
 // TestWaitIdleRealSockets runs WaitIdle against real connections: it must

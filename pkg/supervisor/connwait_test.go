@@ -2,12 +2,16 @@ package supervisor
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lameduck/lameduck/pkg/conncount"
 )
 
 // holdConnection opens a keep-alive connection to url and leaves it idle in
@@ -24,11 +28,46 @@ func holdConnection(t *testing.T, url string) {
 	resp.Body.Close()
 }
 
-// A consumer that holds its connection open would keep the offline waiting
-// until the deadline (55s with this budget); with WithConnWait the wait
-// ends once the conn wait has passed, the open connection is reported, and
-// the child, which drains itself on SIGTERM, exits cleanly.
-func TestConnWaitEndsWithConnectionOpen(t *testing.T) {
+// startSlow sends GET /slow?ms=... to the child and waits until the kernel
+// shows its connection busy; the answer's status comes on the channel.
+func startSlow(t *testing.T, h *harness, ms int) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		resp, err := (&http.Client{Timeout: wait}).Get(h.url + "/slow?ms=" + strconv.Itoa(ms))
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+		}
+		done <- err
+	}()
+	c, err := conncount.New(h.inst.Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		a, err := c.Activity(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Busy == 1 {
+			return done
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want the slow request's connection busy within %v, got %+v", wait, a)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A request that runs longer than the conn wait: the wait ends once the
+// conn wait has passed, the running request is reported, and the child,
+// which drains itself on SIGTERM, answers it and exits cleanly.
+func TestConnWaitEndsWithRequestRunning(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name string
@@ -45,7 +84,7 @@ func TestConnWaitEndsWithConnectionOpen(t *testing.T) {
 			})
 			h.run()
 			h.next(EventRegistered)
-			holdConnection(t, h.url+"/healthz")
+			slow := startSlow(t, h, 1500)
 			h.cancel()
 			busy := h.nextOf(EventConnsBusy, EventSignaled)
 			if busy.Kind != EventConnsBusy {
@@ -55,7 +94,7 @@ func TestConnWaitEndsWithConnectionOpen(t *testing.T) {
 				t.Fatalf("want the conns-busy error to wrap ErrConnWait (the conn wait ended the wait, not the deadline), got %v", busy.Err)
 			}
 			if !strings.Contains(busy.Err.Error(), "1 on port") {
-				t.Errorf("want the report to count the 1 open connection, got %q", busy.Err)
+				t.Errorf("want the report to count the 1 running request, got %q", busy.Err)
 			}
 			if e := h.next(EventSignaled); e.Signal != syscall.SIGTERM {
 				t.Fatalf("want SIGTERM after the conn wait, got %v", e.Signal)
@@ -67,7 +106,53 @@ func TestConnWaitEndsWithConnectionOpen(t *testing.T) {
 			if err := h.result(); err != nil {
 				t.Fatalf("want nil from Run, got %v", err)
 			}
+			if err := <-slow; err != nil {
+				t.Fatalf("want the slow request answered by the child's graceful shutdown, got %v", err)
+			}
 		})
+	}
+}
+
+// Without a conn wait, the offline waits for a running request, however
+// long, and SIGTERM follows its answer; nothing is reported.
+func TestConnWaitForRequest(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{realClock: true, supervisorO: []Option{WithBudget(time.Minute)}})
+	h.run()
+	h.next(EventRegistered)
+	slow := startSlow(t, h, 300)
+	h.cancel()
+	if e := h.nextOf(EventConnsBusy, EventSignaled); e.Kind != EventSignaled || e.Signal != syscall.SIGTERM {
+		t.Fatalf("want SIGTERM with no conns-busy report, got %v (%v); events: %s", e.Kind, e.Err, h.history())
+	}
+	if err := h.result(); err != nil {
+		t.Fatalf("want nil from Run, got %v", err)
+	}
+	if err := <-slow; err != nil {
+		t.Fatalf("want the slow request answered, got %v", err)
+	}
+	out := h.out.String()
+	answered, termed := strings.Index(out, "slow answered"), strings.Index(out, "got SIGTERM")
+	if answered < 0 || termed < 0 || answered > termed {
+		t.Fatalf("want the child to answer the slow request before it got SIGTERM; output:\n%s", out)
+	}
+}
+
+// An idle keep-alive connection, as a consumer's pool holds, carries no
+// request: it does not hold the offline up, without a conn wait, and the
+// child's graceful shutdown closes it.
+func TestIdleKeepAliveDoesNotHoldOffline(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{realClock: true, supervisorO: []Option{WithBudget(time.Minute)}})
+	h.run()
+	h.next(EventRegistered)
+	holdConnection(t, h.url+"/healthz")
+	h.cancel()
+	if e := h.nextOf(EventConnsBusy, EventSignaled); e.Kind != EventSignaled || e.Signal != syscall.SIGTERM {
+		t.Fatalf("want SIGTERM with no conns-busy report, got %v (%v); events: %s", e.Kind, e.Err, h.history())
+	}
+	if err := h.result(); err != nil {
+		t.Fatalf("want nil from Run, got %v", err)
 	}
 }
 

@@ -24,7 +24,7 @@ const (
 	EventBackoff                        // the next start waits Event.Delay; Event.Failures is the decayed failure count
 	EventRestarted                      // a child replaced a failed one; Event.Restarts counts the replacements
 	EventGaveUp                         // the restart intensity limit was passed (Event.Err); Run returns
-	EventConnsBusy                      // connections on the instance's port did not go idle before SIGTERM (Event.Err)
+	EventConnsBusy                      // requests on the instance's port did not end before SIGTERM (Event.Err)
 	EventDrain                          // the offline protocol reported Event.Drain
 	EventPromoted                       // the warm standby (or a recycle's replacement) on Event.Port is registered in place of the active copy
 	EventRecycling                      // the copy on Event.Port passed its age or memory limit (Event.Err says which); its replacement is on the way

@@ -149,25 +149,29 @@ func WithStopGrace(d time.Duration) Option {
 	return func(o *options) { o.stopGrace = d }
 }
 
-// WithConnQuiet sets how long the instance's port must have no established
-// connection before the child gets SIGTERM; the port is looked at every
-// 10ms. The default is 250ms. WithConnWait bounds the whole wait.
+// WithConnQuiet sets how long no request may arrive on the instance's
+// port before the child gets SIGTERM, counted from the registries'
+// confirmation or from the last request after it, as the drain library's
+// quiet window is; requests in flight at the confirmation only have to end
+// (see conncount.WaitIdle). The port is looked at every 10ms. The default
+// is 250ms. WithConnWait bounds the whole wait.
 func WithConnQuiet(d time.Duration) Option {
 	return func(o *options) { o.connQuiet = d }
 }
 
 // WithConnWait bounds the wait for the instance's port to go quiet (see
-// WithConnQuiet): it ends when the port has had no established connection
-// for the quiet window or when d has passed since the wait began (after
-// the registries confirmed the removal), whichever comes first; then the
-// child gets SIGTERM. d = 0 means no wait for connections at all. Set it
-// when the child drains itself on SIGTERM (net/http Server.Shutdown, grpc
-// GracefulStop) and consumers hold connections open (streams, keep-alive
-// pools), which would otherwise keep the wait going until the deadline.
-// Connections still open when d passes are reported with EventConnsBusy,
-// whose Err wraps ErrConnWait. Without this option the wait lasts until
-// the deadline minus the stop grace, the safe choice for a child that does
-// not drain on SIGTERM. A negative d makes New fail.
+// WithConnQuiet): it ends when the port has gone quiet or when d has passed
+// since the wait began (after the registries confirmed the removal),
+// whichever comes first; then the child gets SIGTERM. d = 0 means no wait
+// for connections at all. Idle keep-alive connections and streams never
+// hold the wait up where the kernel tells them from busy ones (sock_diag,
+// see conncount); where it does not, every established connection counts
+// as busy, and a child that drains itself on SIGTERM (net/http
+// Server.Shutdown, grpc GracefulStop) whose consumers hold connections
+// open needs this bound. Requests still running when d passes are reported
+// with EventConnsBusy, whose Err wraps ErrConnWait. Without this option the
+// wait lasts until the deadline minus the stop grace, the safe choice for a
+// child that does not drain on SIGTERM. A negative d makes New fail.
 func WithConnWait(d time.Duration) Option {
 	return func(o *options) { o.connWait, o.connWaitSet = d, true }
 }
@@ -175,7 +179,7 @@ func WithConnWait(d time.Duration) Option {
 // ErrConnWait is wrapped by the Err of an EventConnsBusy sent when the
 // connection wait ended because WithConnWait's bound passed, rather than
 // because the deadline came.
-var ErrConnWait = errors.New("supervisor: conn wait passed with connections still established")
+var ErrConnWait = errors.New("supervisor: conn wait passed with requests still running")
 
 // WithDeregisterTimeout bounds the retries of the deregistration that
 // follows a child's death. The default is 10s.

@@ -30,11 +30,11 @@
 //
 // When Run's ctx ends (the supervisor got SIGTERM), the child is taken
 // offline with the drain protocol: deregister from every registry and
-// confirm, then wait until the instance's port has had no established TCP
-// connection for a quiet window (the supervisor has no request counter of
-// its own; the kernel's socket table is its in-flight signal), or at most
-// the connection wait (WithConnWait) for a child that drains itself while
-// consumers hold connections open, then SIGTERM to the child's process
+// confirm, then wait until no TCP connection to the instance's port carries
+// a request and none has arrived for a quiet window (the supervisor has no
+// request counter of its own; the kernel's view of the connections is its
+// in-flight signal, see conncount), or at most the connection wait
+// (WithConnWait), then SIGTERM to the child's process
 // group and wait for it to exit; SIGKILL at the deadline, or at once on
 // Force (a second SIGTERM). The standby, never registered, is just stopped.
 // Run returns nil for a clean offline.
@@ -468,12 +468,13 @@ func (s *Supervisor) reap(c *child) error {
 	return err
 }
 
-// awaitIdle is the stop hook that runs first: it waits until the copy's
-// port has had no established connection for the quiet window, or until
-// the conn wait (WithConnWait) has passed, leaving the stop grace of the
-// budget for the child to exit. Connections still open then (streams and
-// idle keep-alives, typically) do not fail the offline: the child's own
-// graceful shutdown after SIGTERM closes them. They are reported with
+// awaitIdle is the stop hook that runs first: it waits until no connection
+// to the copy's port carries a request and none has arrived for the quiet
+// window (conncount.WaitIdle), or until the conn wait (WithConnWait) has
+// passed, leaving the stop grace of the budget for the child to exit. Idle
+// keep-alive connections and streams do not hold it up, and requests still
+// running when the conn wait passes do not fail the offline: the child's
+// own graceful shutdown after SIGTERM ends them. They are reported with
 // EventConnsBusy.
 func (s *Supervisor) awaitIdle(p *proc) func(context.Context) error {
 	return func(ctx context.Context) error {
@@ -485,13 +486,14 @@ func (s *Supervisor) awaitIdle(p *proc) func(context.Context) error {
 			return fmt.Errorf("supervisor: %w", err)
 		}
 		busy := func(n int) error {
-			return fmt.Errorf("%w: %d on port %d after %v; SIGTERM lets the child's graceful shutdown close them", ErrConnWait, n, p.port, s.o.connWait)
+			return fmt.Errorf("%w: %d on port %d after %v; SIGTERM lets the child's graceful shutdown end them", ErrConnWait, n, p.port, s.o.connWait)
 		}
 		if s.o.connWaitSet && s.o.connWait == 0 {
-			// No wait: one count, for the report.
-			if n, err := counter.Count(ctx); err != nil || n > 0 {
+			// No wait: one look, for the report.
+			a, err := counter.Activity(ctx)
+			if err != nil || a.Busy > 0 {
 				if err == nil {
-					err = busy(n)
+					err = busy(a.Busy)
 				}
 				s.emit(Event{Kind: EventConnsBusy, PID: p.c.pid, Port: p.port, Err: err})
 			}

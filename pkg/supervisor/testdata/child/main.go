@@ -82,6 +82,7 @@ func main() {
 		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		fmt.Fprintln(w, "ok")
+		fmt.Println("slow answered") // before the answer leaves: the order of the output is the order of events
 	})
 	mux.HandleFunc("/pid", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, os.Getpid()) })
 	srv := &http.Server{Handler: mux}
