@@ -129,15 +129,15 @@ func TestUnreachableRegistryStillDrains(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		conns, err := counter.Count(ctx)
+		conns, err := counter.Activity(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("prestop took %v (%s); %d connections left; output:\n%s", took.Round(time.Millisecond), pre.describe(), conns, pre.output())
+		t.Logf("prestop took %v (%s); connections left: %+v; output:\n%s", took.Round(time.Millisecond), pre.describe(), conns, pre.output())
 
 		e2eCheckUnreachable(t, pre, dead, took, budget+margin)
-		if conns != 0 {
-			t.Errorf("want 0 established connections to %s once prestop is done, got %d", target.endpoint(), conns)
+		if conns.Busy != 0 {
+			t.Errorf("want no connection to %s carrying a request once prestop is done, got %+v", target.endpoint(), conns)
 		}
 		if e2eConsulHas(t, consulConsumer(t), service, target.endpoint()) {
 			t.Errorf("want %s gone from the real Consul's passing list, still there", target.endpoint())

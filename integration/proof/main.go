@@ -19,10 +19,10 @@
 //	sleep    deregister, sleep -sleep (15s, the preStop habit), SIGTERM,
 //	         graceful shutdown
 //	library  SIGTERM to an app that links lameduck
-//	prestop  `lameduck prestop --conn-wait 250ms` as the preStop hook, then
-//	         SIGTERM, on an app without the library
-//	run      SIGTERM to `lameduck run --conn-wait 250ms`, which supervises an
-//	         app without the library
+//	prestop  `lameduck prestop` as the preStop hook, then SIGTERM, on an app
+//	         without the library
+//	run      SIGTERM to `lameduck run`, which supervises an app without the
+//	         library
 //
 // It prints a line per offline and a table, writes proof.json (everything
 // measured) and one timeline-<registry>.svg per registry (one library
@@ -61,6 +61,7 @@ type config struct {
 	settle        time.Duration
 	streamFollow  bool
 	prestopQuiet  time.Duration
+	connWait      time.Duration // < 0: not passed
 	out           string
 	consulAddr    string
 	consulToken   string
@@ -83,7 +84,7 @@ type configJSON struct {
 	SettleMS   int64    `json:"settle_ms"`
 	Follow     bool     `json:"stream_follow"`
 	PrestopQ   string   `json:"prestop_quiet,omitempty"`
-	ConnWait   string   `json:"conn_wait"` // prestop's and run's --conn-wait
+	ConnWait   string   `json:"conn_wait,omitempty"` // prestop's and run's --conn-wait, when passed
 	ConsulAddr string   `json:"consul"`
 	NacosAddr  string   `json:"nacos"`
 	Workload   string   `json:"workload"`
@@ -108,6 +109,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&cfg.settle, "settle", time.Second, "load time after each replacement is seen, before the next offline")
 	fs.BoolVar(&cfg.streamFollow, "stream-follow", false, "consumers also move their stream off an instance as soon as their registry watch drops it (by default only the instance's goodbye ends it)")
 	fs.DurationVar(&cfg.prestopQuiet, "prestop-quiet", 0, "pass --quiet to lameduck prestop (0: prestop's default)")
+	fs.DurationVar(&cfg.connWait, "conn-wait", -1, "pass --conn-wait to lameduck prestop and lameduck run (default: not passed, their default)")
 	fs.StringVar(&cfg.out, "out", filepath.Join(os.TempDir(), "lameduck-proof"), "directory for proof.json and the timeline SVGs")
 	fs.StringVar(&cfg.consulAddr, "consul", envOr("CONSUL_HTTP_ADDR", "127.0.0.1:8500"), "Consul agent's HTTP address (CONSUL_HTTP_ADDR)")
 	fs.StringVar(&cfg.nacosAddr, "nacos", envOr("NACOS_ADDR", "127.0.0.1:8848"), "Nacos server's HTTP address (NACOS_ADDR)")
@@ -151,6 +153,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, bad("-settle %v: want a duration of 0 or more", cfg.settle)
 	case cfg.prestopQuiet < 0:
 		return nil, bad("-prestop-quiet %v: want a duration of 0 or more", cfg.prestopQuiet)
+	case cfg.connWait < 0 && cfg.connWait != -1:
+		return nil, bad("-conn-wait %v: want a duration of 0 or more", cfg.connWait)
 	case cfg.out == "":
 		return nil, bad("-out: give a directory for the results")
 	}
@@ -300,16 +304,19 @@ func run(ctx context.Context, cfg *config, w io.Writer) (bool, error) {
 		}
 	}
 	tls := pickTimelines(runs)
-	prestopQuiet := ""
+	prestopQuiet, connWait := "", ""
 	if cfg.prestopQuiet > 0 {
 		prestopQuiet = cfg.prestopQuiet.String()
+	}
+	if cfg.connWait >= 0 {
+		connWait = cfg.connWait.String()
 	}
 	res := result{
 		Machine: m, Started: started, Seconds: time.Since(started).Seconds(), Runs: runs, Verdicts: vs, Timelines: tls, OK: ok,
 		Config: configJSON{
 			Registries: cfg.registries, Strategies: cfg.strategies, Rounds: cfg.rounds, RPS: cfg.rps,
 			Consumers: cfg.consumers, Instances: cfg.instances, SleepMS: cfg.sleep.Milliseconds(),
-			SettleMS: cfg.settle.Milliseconds(), Follow: cfg.streamFollow, PrestopQ: prestopQuiet, ConnWait: connWait.String(), ConsulAddr: cfg.consulAddr, NacosAddr: cfg.nacosAddr, Workload: workload,
+			SettleMS: cfg.settle.Milliseconds(), Follow: cfg.streamFollow, PrestopQ: prestopQuiet, ConnWait: connWait, ConsulAddr: cfg.consulAddr, NacosAddr: cfg.nacosAddr, Workload: workload,
 		},
 	}
 	fmt.Fprintln(w)

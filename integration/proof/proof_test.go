@@ -46,6 +46,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"-nacos", "127.0.0.1"}, "host:port"},
 		{[]string{"-out", ""}, "-out"},
 		{[]string{"-prestop-quiet", "-1s"}, "-prestop-quiet"},
+		{[]string{"-conn-wait", "-2s"}, "-conn-wait"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 		{[]string{"-no-such-flag"}, "not defined"},
 	} {

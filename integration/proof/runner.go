@@ -33,8 +33,8 @@ var strategyTitle = map[string]string{
 	stratNaive:   "naive: SIGTERM, the app exits at once (the platform deregisters at the same moment)",
 	stratSleep:   "today's practice: deregister, sleep a fixed time, SIGTERM, graceful shutdown",
 	stratLibrary: "lameduck, library: SIGTERM to an app that links lameduck.App and httpdrain",
-	stratPrestop: "lameduck prestop (plain mode, --conn-wait " + connWait.String() + ") as the kubelet's preStop hook, then SIGTERM, on an app without the library",
-	stratRun:     "lameduck run (--conn-wait " + connWait.String() + ") supervising an app without the library; SIGTERM to lameduck run",
+	stratPrestop: "lameduck prestop (plain mode) as the kubelet's preStop hook, then SIGTERM, on an app without the library",
+	stratRun:     "lameduck run supervising an app without the library; SIGTERM to lameduck run",
 }
 
 // Timing constants of the harness (not of the strategies).
@@ -48,14 +48,6 @@ const (
 	gracePeriod   = 30 * time.Second       // the kubelet's, for prestop; lameduck's budgets fit in it
 	budget        = 25 * time.Second       // lameduck's deadline for the library app and lameduck run
 )
-
-// connWait is the --conn-wait that prestop and run get, as a user whose
-// app drains itself on SIGTERM sets it (demosvc -mode plain says goodbye on
-// its streams and calls http.Server.Shutdown): the drain library's quiet
-// window, the same margin after the registries' confirmation that the
-// library keeps for consumers whose watch lags lameduck's own. See
-// BENCHMARKS.md.
-const connWait = 250 * time.Millisecond
 
 // target is one registry the proof runs against.
 type target struct {
@@ -210,11 +202,13 @@ func (r *runner) start(ctx context.Context) (*instance, error) {
 			"-registry", r.tgt.url, "-service", r.service, "-admin", fmt.Sprintf("127.0.0.1:%d", x.admin),
 			"-budget", budget.String())
 	case stratRun:
-		x.proc, err = startProc(r.cfg, name, r.cfg.bins.lameduck, "run",
-			"--registry", r.tgt.url, "--service", r.service, "--port", strconv.Itoa(port),
-			"--addr", "127.0.0.1", "--id", x.in.ID, "--ready", "http://"+listen+"/healthz",
-			"--budget", budget.String(), "--conn-wait", connWait.String(), "--",
-			r.cfg.bins.demo, "-mode", "plain", "-listen", listen)
+		args := []string{"run", "--registry", r.tgt.url, "--service", r.service, "--port", strconv.Itoa(port),
+			"--addr", "127.0.0.1", "--id", x.in.ID, "--ready", "http://" + listen + "/healthz", "--budget", budget.String()}
+		if r.cfg.connWait >= 0 {
+			args = append(args, "--conn-wait", r.cfg.connWait.String())
+		}
+		args = append(args, "--", r.cfg.bins.demo, "-mode", "plain", "-listen", listen)
+		x.proc, err = startProc(r.cfg, name, r.cfg.bins.lameduck, args...)
 	default:
 		return nil, fmt.Errorf("unknown strategy %q", r.strategy)
 	}
@@ -437,7 +431,10 @@ func (r *runner) kubelet(x *instance, o *offline) []string {
 	var problems []string
 	start := time.Now()
 	args := []string{"prestop", "--registry", r.tgt.url, "--service", r.service, "--addr", x.in.Endpoint(),
-		"--port", strconv.Itoa(x.in.Port), "--grace-period", gracePeriod.String(), "--conn-wait", connWait.String(), "--output", "json"}
+		"--port", strconv.Itoa(x.in.Port), "--grace-period", gracePeriod.String(), "--output", "json"}
+	if r.cfg.connWait >= 0 {
+		args = append(args, "--conn-wait", r.cfg.connWait.String())
+	}
 	if r.cfg.prestopQuiet > 0 {
 		args = append(args, "--quiet", r.cfg.prestopQuiet.String())
 	}

@@ -9,9 +9,10 @@
 //	plainapp -listen 127.0.0.1:8080 -consul 127.0.0.1:8500 -service web -id web-1
 //
 // -idle-timeout closes keep-alive connections that carry no request for that
-// long, as most production servers do (nginx, Node, Envoy). A draining app
-// needs it: lameduck prestop counts established TCP connections, and an idle
-// keep-alive connection is indistinguishable from a busy one.
+// long, as most production servers do (nginx, Node, Envoy). lameduck prestop
+// does not need it where the kernel tells idle connections from busy ones
+// (sock_diag); where it does not, every established connection counts as
+// busy, and a draining app needs it.
 package main
 
 import (
