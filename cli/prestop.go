@@ -31,7 +31,7 @@ func prestopCommand() *ucli.Command {
 		Flags: append(offlineFlags(),
 			&ucli.DurationFlag{Name: "grace-period", Value: 30 * time.Second, Usage: "the pod's terminationGracePeriodSeconds"},
 			&ucli.DurationFlag{Name: "margin", Value: 2 * time.Second, Usage: "kept back from the grace period for the kubelet's SIGTERM"},
-			&ucli.IntFlag{Name: "port", Usage: "the app's port (plain mode; its connections are counted)"},
+			&ucli.IntFlag{Name: "port", Usage: "the app's port (plain mode; its connections are watched)"},
 			&ucli.StringFlag{Name: "pod-ip", Usage: "the instance's address (plain mode)", EnvVars: []string{EnvPodIP}},
 			&ucli.DurationFlag{Name: "quiet", Value: 250 * time.Millisecond,
 				Usage: "how long no request may arrive, counted from the registries' confirmation or the last request after it"},

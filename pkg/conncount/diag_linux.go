@@ -22,7 +22,7 @@ const (
 	inetDiagInfo     = 2       // INET_DIAG_INFO: the attribute carrying tcp_info
 	diagReqLen       = 56      // sizeof(struct inet_diag_req_v2)
 	diagMsgLen       = 72      // sizeof(struct inet_diag_msg)
-	diagRecvBuf      = 1 << 15 // bytes per recvfrom; the kernel fills up to this
+	diagRecvBuf      = 1 << 16 // bytes per recvfrom, more than the kernel puts in one (32 KiB)
 	diagStates       = 1<<stateEstablished | 1<<stateListen
 
 	// Offsets in struct tcp_info (linux/tcp.h) of the fields read here:
