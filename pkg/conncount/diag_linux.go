@@ -46,7 +46,10 @@ var errNoDiag = errors.New("sock_diag unavailable")
 func readDiag(ctx context.Context, port uint16, f func(row)) error {
 	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, syscall.NETLINK_INET_DIAG)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errNoDiag, os.NewSyscallError("socket", err))
+		if unsupported(err) {
+			return fmt.Errorf("%w: %v", errNoDiag, os.NewSyscallError("socket", err))
+		}
+		return os.NewSyscallError("socket", err) // EMFILE, say: worth another try
 	}
 	defer syscall.Close(fd)
 	// A dump that stalls (it should not) must not outlive the caller's
@@ -58,7 +61,7 @@ func readDiag(ctx context.Context, port uint16, f func(row)) error {
 		}
 	}
 	if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
-		return fmt.Errorf("%w: %v", errNoDiag, os.NewSyscallError("setsockopt", err))
+		return os.NewSyscallError("setsockopt", err)
 	}
 	for _, family := range []uint8{syscall.AF_INET, syscall.AF_INET6} {
 		if err := ctx.Err(); err != nil {
@@ -69,6 +72,16 @@ func readDiag(ctx context.Context, port uint16, f func(row)) error {
 		}
 	}
 	return nil
+}
+
+// unsupported reports whether err means sock_diag cannot work here at all.
+func unsupported(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EAFNOSUPPORT, syscall.EPROTONOSUPPORT, syscall.EPERM, syscall.EACCES, syscall.ENOSYS} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // dumpFamily asks for one address family's sockets and reads the answer to
@@ -89,7 +102,7 @@ func dumpFamily(fd int, family uint8, port uint16, f func(row)) error {
 	// here, as for /proc/net/tcp.
 	sa := &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK}
 	if err := syscall.Sendto(fd, req, 0, sa); err != nil {
-		if errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+		if unsupported(err) {
 			return fmt.Errorf("%w: %v", errNoDiag, os.NewSyscallError("sendto", err))
 		}
 		return os.NewSyscallError("sendto", err)
