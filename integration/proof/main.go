@@ -61,7 +61,8 @@ type config struct {
 	settle        time.Duration
 	streamFollow  bool
 	prestopQuiet  time.Duration
-	connWait      time.Duration // < 0: not passed
+	connWait      time.Duration // with connWaitSet
+	connWaitSet   bool          // -conn-wait was given: pass it on
 	out           string
 	consulAddr    string
 	consulToken   string
@@ -109,7 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&cfg.settle, "settle", time.Second, "load time after each replacement is seen, before the next offline")
 	fs.BoolVar(&cfg.streamFollow, "stream-follow", false, "consumers also move their stream off an instance as soon as their registry watch drops it (by default only the instance's goodbye ends it)")
 	fs.DurationVar(&cfg.prestopQuiet, "prestop-quiet", 0, "pass --quiet to lameduck prestop (0: prestop's default)")
-	fs.DurationVar(&cfg.connWait, "conn-wait", -1, "pass --conn-wait to lameduck prestop and lameduck run (default: not passed, their default)")
+	fs.DurationVar(&cfg.connWait, "conn-wait", 0, "pass --conn-wait to lameduck prestop and lameduck run (unset: not passed, so they wait until the requests end)")
 	fs.StringVar(&cfg.out, "out", filepath.Join(os.TempDir(), "lameduck-proof"), "directory for proof.json and the timeline SVGs")
 	fs.StringVar(&cfg.consulAddr, "consul", envOr("CONSUL_HTTP_ADDR", "127.0.0.1:8500"), "Consul agent's HTTP address (CONSUL_HTTP_ADDR)")
 	fs.StringVar(&cfg.nacosAddr, "nacos", envOr("NACOS_ADDR", "127.0.0.1:8848"), "Nacos server's HTTP address (NACOS_ADDR)")
@@ -122,6 +123,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 		return nil, fmt.Errorf("%w: %v (see -h)", errBadInput, err)
 	}
+	fs.Visit(func(f *flag.Flag) { cfg.connWaitSet = cfg.connWaitSet || f.Name == "conn-wait" })
 	cfg.consulToken = os.Getenv("CONSUL_HTTP_TOKEN")
 	cfg.nacosUser = envOr("NACOS_USERNAME", "nacos")
 	cfg.nacosPassword = envOr("NACOS_PASSWORD", "lameduck-nacos-pw")
@@ -153,7 +155,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, bad("-settle %v: want a duration of 0 or more", cfg.settle)
 	case cfg.prestopQuiet < 0:
 		return nil, bad("-prestop-quiet %v: want a duration of 0 or more", cfg.prestopQuiet)
-	case cfg.connWait < 0 && cfg.connWait != -1:
+	case cfg.connWait < 0:
 		return nil, bad("-conn-wait %v: want a duration of 0 or more", cfg.connWait)
 	case cfg.out == "":
 		return nil, bad("-out: give a directory for the results")
@@ -308,7 +310,7 @@ func run(ctx context.Context, cfg *config, w io.Writer) (bool, error) {
 	if cfg.prestopQuiet > 0 {
 		prestopQuiet = cfg.prestopQuiet.String()
 	}
-	if cfg.connWait >= 0 {
+	if cfg.connWaitSet {
 		connWait = cfg.connWait.String()
 	}
 	res := result{

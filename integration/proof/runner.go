@@ -204,7 +204,7 @@ func (r *runner) start(ctx context.Context) (*instance, error) {
 	case stratRun:
 		args := []string{"run", "--registry", r.tgt.url, "--service", r.service, "--port", strconv.Itoa(port),
 			"--addr", "127.0.0.1", "--id", x.in.ID, "--ready", "http://" + listen + "/healthz", "--budget", budget.String()}
-		if r.cfg.connWait >= 0 {
+		if r.cfg.connWaitSet {
 			args = append(args, "--conn-wait", r.cfg.connWait.String())
 		}
 		args = append(args, "--", r.cfg.bins.demo, "-mode", "plain", "-listen", listen)
@@ -432,7 +432,7 @@ func (r *runner) kubelet(x *instance, o *offline) []string {
 	start := time.Now()
 	args := []string{"prestop", "--registry", r.tgt.url, "--service", r.service, "--addr", x.in.Endpoint(),
 		"--port", strconv.Itoa(x.in.Port), "--grace-period", gracePeriod.String(), "--output", "json"}
-	if r.cfg.connWait >= 0 {
+	if r.cfg.connWaitSet {
 		args = append(args, "--conn-wait", r.cfg.connWait.String())
 	}
 	if r.cfg.prestopQuiet > 0 {
