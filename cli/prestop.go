@@ -136,7 +136,7 @@ func (w connWaiter) drain(ctx context.Context, progress func(string)) (int, erro
 	}
 	if a, err := w.counter.Activity(ctx); err == nil && !a.Timed {
 		progress(fmt.Sprintf("waiting for the %d established connections on port %d to close "+
-			"(the kernel does not say which carry requests here)", a.Established, port))
+			"(the kernel does not say which carry requests here; --conn-wait bounds this wait)", a.Established, port))
 	} else {
 		progress(fmt.Sprintf("waiting for the requests on port %d to end", port))
 	}

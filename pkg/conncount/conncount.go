@@ -383,6 +383,10 @@ func (w *drainWatch) observe(now time.Time, conns []row) (busy int) {
 // readSize is the size of each read(2) of a table, about 400 rows.
 const readSize = 64 << 10
 
+// errNoDiag means the kernel's sock_diag cannot be used here (another OS, a
+// kernel without it, a sandbox that forbids netlink sockets).
+var errNoDiag = errors.New("sock_diag unavailable")
+
 // snapshot is what one read of the kernel's tables found on the port: the
 // ESTABLISHED sockets, and the local addresses of LISTEN ones (unmapped).
 type snapshot struct {

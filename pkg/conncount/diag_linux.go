@@ -36,10 +36,6 @@ const (
 	tcpiSegsLen      = tcpiDataSegsOut + 4
 )
 
-// errNoDiag means the kernel's sock_diag cannot be used here (another OS, a
-// kernel without it, a sandbox that forbids netlink sockets).
-var errNoDiag = errors.New("sock_diag unavailable")
-
 // readDiag reads the caller's network namespace's TCP sockets on port
 // through sock_diag and calls f for each ESTABLISHED or LISTEN one, with
 // its activity.

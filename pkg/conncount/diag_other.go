@@ -2,12 +2,7 @@
 
 package conncount
 
-import (
-	"context"
-	"errors"
-)
-
-var errNoDiag = errors.New("sock_diag unavailable")
+import "context"
 
 // readDiag is Linux's; elsewhere Counter reads the tables, which do not
 // exist either, and says so.
