@@ -248,6 +248,8 @@ func (a *App) event(e drain.Event) {
 		l.Warn("lameduck: registry call failed, retrying", "registry", e.Registry, "delay", e.Delay, "err", e.Err)
 	case drain.EventGaveUp:
 		l.Error("lameduck: gave up on registry", "registry", e.Registry, "err", e.Err)
+	case drain.EventView:
+		logView(l, e)
 	case drain.EventStopHook:
 		if e.Err != nil {
 			l.Error("lameduck: stop hook failed", "hook", e.Hook, "err", e.Err)
@@ -255,6 +257,25 @@ func (a *App) event(e drain.Event) {
 	}
 	if a.o.onEvent != nil {
 		a.o.onEvent(e)
+	}
+}
+
+// logView logs what one server of a clustered registry did during the
+// confirmation: a server that stops answering or needs the removal again is
+// worth a warning; the others are detail.
+func logView(l *slog.Logger, e drain.Event) {
+	attrs := []any{"registry", e.Registry, "server", e.View, "at", e.Latency}
+	switch {
+	case e.ViewKind == registry.ViewDown:
+		l.Warn("lameduck: registry server does not answer; not waiting for it while it is down", append(attrs, "err", e.Err)...)
+	case e.ViewKind == registry.ViewRemovedAgain && e.Err != nil:
+		l.Warn("lameduck: could not remove the instance again through a registry server", append(attrs, "err", e.Err)...)
+	case e.ViewKind == registry.ViewRemovedAgain:
+		l.Warn("lameduck: registry server still listed the instance; removed it again", attrs...)
+	case e.ViewKind == registry.ViewGone:
+		l.Debug("lameduck: registry server no longer lists the instance", attrs...)
+	default:
+		l.Info("lameduck: registry server "+e.ViewKind.String(), attrs...)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/lameduck/lameduck/adapters/consul"
@@ -13,11 +14,13 @@ import (
 
 func init() { openers["consul"] = openConsul }
 
-// openConsul reads consul://[host:port][?dc=DC&ttl=15s&tls=true&ca-file=F&cert-file=F&key-file=F&tls-skip-verify=true].
-// An empty host means $CONSUL_HTTP_ADDR, else 127.0.0.1:8500.
+// openConsul reads consul://[host:port][?dc=DC&ttl=15s&confirm=servers&tls=true&ca-file=F&cert-file=F&key-file=F&tls-skip-verify=true].
+// An empty host means $CONSUL_HTTP_ADDR, else 127.0.0.1:8500. confirm takes
+// "servers" (every server in the raft peer set, at the agent's HTTP port) or
+// a comma-separated list of host:port.
 func openConsul(_ context.Context, u *url.URL, creds Credentials) (Registry, error) {
 	q := u.Query()
-	if err := params("consul", q, "dc", "ttl", "tls", "ca-file", "cert-file", "key-file", "tls-skip-verify"); err != nil {
+	if err := params("consul", q, "dc", "ttl", "confirm", "tls", "ca-file", "cert-file", "key-file", "tls-skip-verify"); err != nil {
 		return nil, err
 	}
 	if u.Path != "" && u.Path != "/" {
@@ -41,6 +44,21 @@ func openConsul(_ context.Context, u *url.URL, creds Credentials) (Registry, err
 			return nil, fmt.Errorf("adapters: consul URL parameter ttl=%q is not a duration of 1s or more", s)
 		}
 		opts = append(opts, consul.WithCheck(consul.Check{TTL: d}))
+	}
+	for _, c := range q["confirm"] {
+		for _, a := range strings.Split(c, ",") {
+			switch a = strings.TrimSpace(a); {
+			case a == "servers":
+				opts = append(opts, consul.WithConfirmThroughServers())
+			case a == "":
+				return nil, fmt.Errorf("adapters: consul URL parameter confirm=%q has an empty entry; want servers or host:port,host:port", c)
+			default:
+				if err := checkHostPort("consul", a); err != nil {
+					return nil, fmt.Errorf("%w in confirm=%q; want servers or host:port,host:port", err, c)
+				}
+				opts = append(opts, consul.WithConfirmThrough(a))
+			}
+		}
 	}
 	useTLS, err := boolParam("consul", q, "tls")
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/lameduck/lameduck/adapters/nacos"
@@ -11,7 +12,9 @@ import (
 
 func init() { openers["nacos"] = openNacos }
 
-// openNacos reads nacos://host:port[?namespace=NS&group=G&cluster=C&data-dir=DIR&timeout=5s].
+// openNacos reads nacos://host:port[,host:port...][?namespace=NS&group=G&cluster=C&data-dir=DIR&timeout=5s].
+// Several hosts name the nodes of one cluster: the client fails over among
+// them, and the confirmation waits for every node's own push.
 func openNacos(_ context.Context, u *url.URL, creds Credentials) (Registry, error) {
 	q := u.Query()
 	if err := params("nacos", q, "namespace", "group", "cluster", "data-dir", "timeout"); err != nil {
@@ -23,10 +26,16 @@ func openNacos(_ context.Context, u *url.URL, creds Credentials) (Registry, erro
 	if u.Path != "" && u.Path != "/" && u.Path != "/nacos" {
 		return nil, fmt.Errorf("adapters: nacos URL takes no path, got %q; use nacos://127.0.0.1:8848", u.Path)
 	}
-	if err := checkHostPort("nacos", u.Host); err != nil {
-		return nil, err
+	nodes := strings.Split(u.Host, ",")
+	for _, n := range nodes {
+		if err := checkHostPort("nacos", n); err != nil {
+			if len(nodes) > 1 {
+				err = fmt.Errorf("%w; list a cluster's nodes as nacos://host:port,host:port", err)
+			}
+			return nil, err
+		}
 	}
-	opts := []nacos.Option{nacos.WithAddress(u.Host)}
+	opts := []nacos.Option{nacos.WithAddresses(nodes...)}
 	// "public" is how users name the default namespace; its ID is empty.
 	if ns := q.Get("namespace"); ns != "" && ns != "public" {
 		opts = append(opts, nacos.WithNamespace(ns))

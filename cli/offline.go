@@ -274,6 +274,8 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 				progress.say("Confirming", fmt.Sprintf("%s confirmed after %s", e.Registry, e.Latency.Round(time.Millisecond)))
 			case drain.EventRetry:
 				progress.say("Deregistering", fmt.Sprintf("%s: %v; retrying in %s", e.Registry, e.Err, e.Delay.Round(time.Millisecond)))
+			case drain.EventView:
+				progress.say("Confirming", viewProgress(e))
 			}
 		}),
 	}
@@ -490,4 +492,21 @@ func (p *progress) done() {
 	if p.tty && p.last != "" {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// viewProgress says what one server of a clustered registry did.
+func viewProgress(e drain.Event) string {
+	at := e.Latency.Round(time.Millisecond)
+	switch e.ViewKind {
+	case registry.ViewGone:
+		return fmt.Sprintf("server %s no longer lists it (%s)", e.View, at)
+	case registry.ViewDown:
+		return fmt.Sprintf("server %s does not answer (%v); not waiting for it while it is down", e.View, e.Err)
+	case registry.ViewRemovedAgain:
+		if e.Err != nil {
+			return fmt.Sprintf("removing it again through server %s failed: %v", e.View, e.Err)
+		}
+		return fmt.Sprintf("a server still listed it; removed it again through %s (%s)", e.View, at)
+	}
+	return fmt.Sprintf("server %s %s (%s)", e.View, e.ViewKind, at)
 }

@@ -363,6 +363,9 @@ func logEvent(log *slog.Logger, e supervisor.Event) {
 		if e.Drain.Registry != "" {
 			attrs = append(attrs, "registry", e.Drain.Registry)
 		}
+		if e.Drain.View != "" {
+			attrs = append(attrs, "server", e.Drain.View, "view", e.Drain.ViewKind.String())
+		}
 		if e.Drain.Err != nil {
 			attrs = append(attrs, "err", e.Drain.Err)
 		}

@@ -451,7 +451,7 @@ func (c *Coordinator) remove(ctx context.Context, k int, r registry.Registry) (*
 		c.setReg(k, func(s *RegistryStatus) { s.Attempts++ })
 		if g == nil {
 			var err error
-			if g, err = registry.WatchGone(ctx, r, c.o.inst); err != nil {
+			if g, err = registry.WatchGone(ctx, r, c.o.inst, c.goneOptions(r)); err != nil {
 				return err
 			}
 		}
@@ -478,7 +478,7 @@ func (c *Coordinator) confirm(ctx context.Context, k int, r registry.Registry, g
 	err := c.retry(ctx, r, func() error {
 		if g == nil {
 			var err error
-			if g, err = registry.WatchGone(ctx, r, c.o.inst); err != nil {
+			if g, err = registry.WatchGone(ctx, r, c.o.inst, c.goneOptions(r)); err != nil {
 				return err
 			}
 		}
@@ -504,6 +504,18 @@ func (c *Coordinator) confirm(ctx context.Context, k int, r registry.Registry, g
 		s.State, s.ConfirmLatency = "confirmed", lat
 	})
 	c.emit(Event{Kind: EventConfirmed, Registry: r.String(), Latency: lat})
+}
+
+// goneOptions makes r's confirmation follow every server of its cluster
+// with the coordinator's backoff, and report each through EventView.
+func (c *Coordinator) goneOptions(r registry.Registry) registry.GoneOptions {
+	return registry.GoneOptions{
+		Disable:    c.o.disable,
+		RetryDelay: c.o.backoff.Delay,
+		OnView: func(e registry.ViewEvent) {
+			c.emit(Event{Kind: EventView, Registry: r.String(), View: e.View, ViewKind: e.Kind, Latency: e.At, Err: e.Err})
+		},
+	}
 }
 
 // retry calls f until it succeeds or ctx ends, waiting the backoff policy's

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/lameduck/lameduck/registry"
 )
 
 // Phase is a step of the offline protocol. Phases only move forward.
@@ -60,9 +62,10 @@ const (
 	EventConfirmed                     // Event.Registry's watch dropped the instance, Event.Latency after deregistration
 	EventGaveUp                        // Event.Registry could not be handled within the budget (Event.Err)
 	EventStopHook                      // stop hook Event.Hook returned Event.Err (nil on success)
+	EventView                          // Event.View, one server of Event.Registry's cluster, did Event.ViewKind (see registry.ViewEvent)
 )
 
-var eventNames = [...]string{"phase", "deregistered", "retry", "confirmed", "gave-up", "stop-hook"}
+var eventNames = [...]string{"phase", "deregistered", "retry", "confirmed", "gave-up", "stop-hook", "view"}
 
 func (k EventKind) String() string {
 	if k >= 0 && int(k) < len(eventNames) {
@@ -75,13 +78,15 @@ func (k EventKind) String() string {
 // metrics and progress displays.
 type Event struct {
 	Kind     EventKind
-	Phase    Phase         // the phase the protocol is in
-	Time     time.Time     // when it happened
-	Elapsed  time.Duration // since the protocol started
-	Registry string        // for registry events
-	Hook     string        // for EventStopHook
-	Delay    time.Duration // for EventRetry
-	Latency  time.Duration // for EventConfirmed: deregistration to confirmation
-	InFlight int64         // in-flight requests at the time
+	Phase    Phase                  // the phase the protocol is in
+	Time     time.Time              // when it happened
+	Elapsed  time.Duration          // since the protocol started
+	Registry string                 // for registry events
+	Hook     string                 // for EventStopHook
+	Delay    time.Duration          // for EventRetry
+	Latency  time.Duration          // for EventConfirmed: deregistration to confirmation; for EventView: the watch's opening to the event
+	View     string                 // for EventView: the server, as in "consul://127.0.0.12:8500"
+	ViewKind registry.ViewEventKind // for EventView
+	InFlight int64                  // in-flight requests at the time
 	Err      error
 }

@@ -44,12 +44,26 @@ type client interface {
 	// every start: the keeper tells an agent that lost its state from a
 	// service that someone deregistered.
 	AgentNodeID(q *api.QueryOptions) (string, error)
+	// CatalogDeregister and StatusPeers serve the views (see views.go).
+	CatalogDeregister(d *api.CatalogDeregistration, q *api.WriteOptions) error
+	StatusPeers(q *api.QueryOptions) ([]string, error)
 }
 
 type sdk struct {
 	*api.Agent
-	health *api.Health
-	raw    *api.Raw
+	health  *api.Health
+	catalog *api.Catalog
+	status  *api.Status
+	raw     *api.Raw
+}
+
+func (s sdk) CatalogDeregister(d *api.CatalogDeregistration, q *api.WriteOptions) error {
+	_, err := s.catalog.Deregister(d, q)
+	return err
+}
+
+func (s sdk) StatusPeers(q *api.QueryOptions) ([]string, error) {
+	return s.status.PeersWithQueryOptions(q)
 }
 
 func (s sdk) AgentNodeID(q *api.QueryOptions) (string, error) {
@@ -100,6 +114,10 @@ type options struct {
 	resync     time.Duration
 	backoff    backoff.Policy
 	client     client
+
+	confirm        []string                  // servers to confirm through, host:port
+	confirmServers bool                      // and every server in the raft peer set
+	viewClient     func(addr string) client // for unit tests; nil: the SDK
 }
 
 func (o *options) setDefaults() {
@@ -162,6 +180,7 @@ type Registry struct {
 
 	mu      sync.Mutex
 	keepers map[string]*keeper
+	views   map[string]*view // by address; see views.go
 	closed  bool
 	wg      sync.WaitGroup
 }
@@ -197,9 +216,29 @@ func New(opts ...Option) (*Registry, error) {
 		return nil, fmt.Errorf("consul: resync interval %v must be shorter than the TTL %v, or the check expires between renewals", o.resync, o.check.TTL)
 	}
 
+	cfg := o.apiConfig(o.address)
+	name := "consul://" + cfg.Address
+	if cfg.Datacenter != "" {
+		name += "?dc=" + cfg.Datacenter
+	}
+	c := o.client
+	closeIdle := func() {}
+	if c == nil {
+		var err error
+		if c, closeIdle, err = newSDK(cfg); err != nil {
+			return nil, fmt.Errorf("consul: configure client for %s: %w", name, err)
+		}
+	}
+	return &Registry{o: o, name: name, c: c, keepers: map[string]*keeper{}, closeIdle: closeIdle, views: map[string]*view{}}, nil
+}
+
+// apiConfig is the SDK's configuration for the agent or server at address
+// (empty: $CONSUL_HTTP_ADDR, else 127.0.0.1:8500), with o's token, TLS and
+// datacenter.
+func (o *options) apiConfig(address string) *api.Config {
 	cfg := api.DefaultConfig() // reads CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT...
-	if o.address != "" {
-		cfg.Address = o.address
+	if address != "" {
+		cfg.Address = address
 	}
 	if o.token != "" {
 		cfg.Token = o.token
@@ -214,25 +253,20 @@ func New(opts ...Option) (*Registry, error) {
 		cfg.TLSConfig.KeyFile = o.tls.KeyFile
 		cfg.TLSConfig.InsecureSkipVerify = o.tls.InsecureSkipVerify
 	}
-	name := "consul://" + cfg.Address
-	if cfg.Datacenter != "" {
-		name += "?dc=" + cfg.Datacenter
+	return cfg
+}
+
+// newSDK makes a client with a transport of its own, so that Close can drop
+// its idle connections. Every call carries a ctx, which bounds blocking
+// queries.
+func newSDK(cfg *api.Config) (client, func(), error) {
+	tr := api.DefaultConfig().Transport
+	cfg.Transport = tr
+	ac, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, nil, err
 	}
-	c := o.client
-	closeIdle := func() {}
-	if c == nil {
-		// A transport of our own, so Close can drop its idle connections.
-		// Every call carries a ctx, which bounds blocking queries.
-		tr := api.DefaultConfig().Transport
-		cfg.Transport = tr
-		ac, err := api.NewClient(cfg)
-		if err != nil {
-			return nil, fmt.Errorf("consul: configure client for %s: %w", name, err)
-		}
-		c = sdk{Agent: ac.Agent(), health: ac.Health(), raw: ac.Raw()}
-		closeIdle = tr.CloseIdleConnections
-	}
-	return &Registry{o: o, name: name, c: c, keepers: map[string]*keeper{}, closeIdle: closeIdle}, nil
+	return sdk{Agent: ac.Agent(), health: ac.Health(), catalog: ac.Catalog(), status: ac.Status(), raw: ac.Raw()}, tr.CloseIdleConnections, nil
 }
 
 func (r *Registry) String() string { return r.name }
@@ -412,5 +446,10 @@ func (r *Registry) Close() error {
 	}
 	r.wg.Wait()
 	r.closeIdle()
+	r.mu.Lock()
+	for _, v := range r.views {
+		v.closeIdle()
+	}
+	r.mu.Unlock()
 	return nil
 }

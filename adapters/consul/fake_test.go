@@ -49,6 +49,8 @@ type fakeConsul struct {
 	ttlErr   error    // returned by UpdateTTL when lose is false
 	blockTTL bool     // UpdateTTL blocks until its ctx ends
 	replies  []healthReply
+	peers    []string // StatusPeers' answer
+	peersErr error    // returned by StatusPeers
 }
 
 func newFake() *fakeConsul { return &fakeConsul{signal: make(chan struct{}, 1)} }
@@ -151,7 +153,22 @@ func (f *fakeConsul) HealthService(service, _ string, passing bool, q *api.Query
 	return r.entries, &api.QueryMeta{LastIndex: r.index}, nil
 }
 
-// set changes the fake's behaviour under its lock.
+func (f *fakeConsul) CatalogDeregister(d *api.CatalogDeregistration, _ *api.WriteOptions) error {
+	defer f.wake()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("catalog-deregister %s %s", d.Node, d.ServiceID)
+	return f.dereg
+}
+
+func (f *fakeConsul) StatusPeers(_ *api.QueryOptions) ([]string, error) {
+	defer f.wake()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("peers")
+	return f.peers, f.peersErr
+}
+
 func (f *fakeConsul) AgentNodeID(_ *api.QueryOptions) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -159,6 +176,7 @@ func (f *fakeConsul) AgentNodeID(_ *api.QueryOptions) (string, error) {
 	return fmt.Sprintf("node-%d", f.nodeGen), nil
 }
 
+// set changes the fake's behaviour under its lock.
 func (f *fakeConsul) set(change func(f *fakeConsul)) {
 	f.mu.Lock()
 	change(f)

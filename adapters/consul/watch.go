@@ -22,12 +22,17 @@ func (r *Registry) Watch(ctx context.Context, service string) (registry.Watcher,
 		return nil, r.wrap("watch", errors.New("empty service name"))
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	return &watcher{r: r, service: service, ctx: wctx, cancel: cancel}, nil
+	return &watcher{r: r, c: r.c, service: service, ctx: wctx, cancel: cancel}, nil
 }
 
 type watcher struct {
 	r       *Registry
+	c       client // the agent or server asked
 	service string
+	// stale reads the answering server's own copy rather than the
+	// leader's; failFast returns a failed query's error instead of
+	// retrying. Both are set for a view (see views.go).
+	stale, failFast bool
 	ctx     context.Context
 	cancel  context.CancelFunc
 	stop    sync.Once
@@ -58,11 +63,14 @@ func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) {
 			}
 		}
 		w.lastReq = time.Now()
-		q := (&api.QueryOptions{WaitIndex: w.index, WaitTime: w.r.o.waitTime}).WithContext(ctx)
-		entries, meta, err := w.r.c.HealthService(w.service, "", true, q)
+		q := (&api.QueryOptions{WaitIndex: w.index, WaitTime: w.r.o.waitTime, AllowStale: w.stale}).WithContext(ctx)
+		entries, meta, err := w.c.HealthService(w.service, "", true, q)
 		if err != nil {
 			if cerr := w.ctxErr(ctx); cerr != nil {
 				return nil, cerr
+			}
+			if w.failFast {
+				return nil, err
 			}
 			if err := sleep(ctx, w.r.o.backoff.Delay(attempt)); err != nil {
 				return nil, w.ctxErr(ctx)

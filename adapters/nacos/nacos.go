@@ -56,7 +56,8 @@ type client interface {
 type Option func(*options)
 
 type options struct {
-	addr      string
+	addr      string   // the first node: logins and the admin API
+	nodes     []string // every node given, addr first; see WithAddresses
 	namespace string
 	group     string
 	cluster   string
@@ -67,6 +68,7 @@ type options struct {
 	client    client
 
 	noAdminAPI bool
+	viewClient func(addr string) client // unit tests: each view's fake SDK
 }
 
 func (o *options) setDefaults() {
@@ -86,7 +88,21 @@ func (o *options) setDefaults() {
 
 // WithAddress sets the server's host:port (its HTTP port; the SDK uses the
 // gRPC port 1000 above it). The default is 127.0.0.1:8848.
-func WithAddress(addr string) Option { return func(o *options) { o.addr = addr } }
+func WithAddress(addr string) Option { return func(o *options) { o.addr, o.nodes = addr, nil } }
+
+// WithAddresses names the nodes of a Nacos cluster (host:port each, HTTP
+// ports). The SDK connects to one of them and fails over to another; the
+// confirmation waits for every node's own push (see views.go). The first
+// node serves logins and the admin API.
+func WithAddresses(addrs ...string) Option {
+	return func(o *options) {
+		o.nodes = append([]string(nil), addrs...)
+		o.addr = ""
+		if len(addrs) > 0 {
+			o.addr = addrs[0]
+		}
+	}
+}
 
 // WithNamespace sets the namespace ID; the default is the public one.
 func WithNamespace(ns string) Option { return func(o *options) { o.namespace = ns } }
@@ -143,6 +159,8 @@ type Registry struct {
 	// clearStaleDisable); later calls about the same instance wait for it.
 	clearMu sync.Mutex
 	clears  map[string]chan struct{} // instance key -> closed when its look is done
+
+	views map[string]*view // by node address, guarded by mu; see views.go
 }
 
 type published struct {
@@ -161,18 +179,30 @@ func New(opts ...Option) (*Registry, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	return newFrom(o)
+}
+
+func newFrom(o options) (*Registry, error) {
+	var err error
 	o.setDefaults()
-	host, portStr, err := net.SplitHostPort(o.addr)
-	port, perr := strconv.ParseUint(portStr, 10, 16)
-	if err != nil || host == "" || perr != nil || port == 0 || port > 64535 {
-		return nil, fmt.Errorf("nacos: address %q is not host:port with a port below 64536 (the gRPC port is 1000 above it)", o.addr)
+	if len(o.nodes) == 0 {
+		o.nodes = []string{o.addr}
 	}
-	name := "nacos://" + o.addr
+	var servers []constant.ServerConfig
+	for _, a := range o.nodes {
+		host, portStr, err := net.SplitHostPort(a)
+		port, perr := strconv.ParseUint(portStr, 10, 16)
+		if err != nil || host == "" || perr != nil || port == 0 || port > 64535 {
+			return nil, fmt.Errorf("nacos: address %q is not host:port with a port below 64536 (the gRPC port is 1000 above it)", a)
+		}
+		servers = append(servers, *constant.NewServerConfig(host, port))
+	}
+	name := "nacos://" + strings.Join(o.nodes, ",")
 	if o.namespace != "" {
 		name += "?namespace=" + o.namespace
 	}
 	r := &Registry{
-		o: o, name: name, c: o.client, pubs: map[string]map[string]*published{},
+		o: o, name: name, c: o.client, pubs: map[string]map[string]*published{}, views: map[string]*view{},
 		hc: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
 	}
 	if r.c != nil {
@@ -204,7 +234,7 @@ func New(opts ...Option) (*Registry, error) {
 	)
 	c, ports, err := newSDKClient(vo.NacosClientParam{
 		ClientConfig:  cc,
-		ServerConfigs: []constant.ServerConfig{*constant.NewServerConfig(host, port)},
+		ServerConfigs: servers,
 	}, o.password)
 	if err != nil {
 		r.removeTemp()
@@ -231,7 +261,12 @@ func (r *Registry) Close() error {
 		return nil
 	}
 	r.closed = true
+	views := r.views
+	r.views = map[string]*view{}
 	r.mu.Unlock()
+	for _, v := range views {
+		v.close()
+	}
 	r.calls.Wait()
 	r.c.CloseClient()
 	r.hc.CloseIdleConnections()

@@ -247,6 +247,9 @@ nacos.core.auth.server.identity.key=$IDENTITY_KEY
 nacos.core.auth.server.identity.value=$IDENTITY_VALUE
 management.endpoints.web.exposure.include=health
 server.tomcat.accesslog.enabled=false
+# Embedded Derby's login timeout is the pool's connection timeout (3s by
+# default); a JVM starting beside others on 2 cores can take longer.
+db.pool.config.connectionTimeout=60000
 EOF
 
 say "starting Nacos ($DEPLOYMENT) on $HOST:$PORT, gRPC $GRPC_PORT, logs in $LOG_DIR"

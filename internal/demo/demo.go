@@ -154,6 +154,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 				logf("lameduck: %s confirmed the instance is gone after %s", e.Registry, e.Latency.Round(time.Millisecond))
 			case drain.EventRetry, drain.EventGaveUp:
 				logf("lameduck: %s %s: %v", e.Kind, e.Registry, e.Err)
+			case drain.EventView:
+				logf("lameduck: %s server %s %s after %s", e.Registry, e.View, e.ViewKind, e.Latency.Round(time.Millisecond))
 			}
 		}),
 	)
