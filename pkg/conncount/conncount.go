@@ -150,6 +150,13 @@ type Counter struct {
 	// noDiag: it was tried and cannot be used here, so the tables are read.
 	diag   bool
 	noDiag atomic.Bool
+	// filter is the sock_diag bytecode that has the kernel send only the
+	// port's sockets (portFilter), rather than every socket in the
+	// namespace for conncount to sift. noFilter: the kernel refused it, so
+	// dumps are whole and the port's rows are kept here, as before the
+	// filter.
+	filter   []byte
+	noFilter atomic.Bool
 }
 
 // table is one of the kernel's TCP tables.
@@ -182,8 +189,9 @@ func New(port int, opts ...Option) (*Counter, error) {
 			{path: filepath.Join(dir, "tcp"), addrLen: 8},
 			{path: filepath.Join(dir, "tcp6"), addrLen: 32},
 		},
-		clock: o.clock,
-		diag:  o.procRoot == DefaultProcRoot && !o.pidSet,
+		clock:  o.clock,
+		diag:   o.procRoot == DefaultProcRoot && !o.pidSet,
+		filter: portFilter(uint16(port)),
 	}
 	for _, a := range o.addrs {
 		if !a.IsValid() {
@@ -421,9 +429,22 @@ func (c *Counter) read(ctx context.Context) (snapshot, error) {
 		}
 	}
 	if c.diag && !c.noDiag.Load() {
-		err := readDiag(ctx, c.port, collect)
+		filter := c.filter
+		if c.noFilter.Load() {
+			filter = nil
+		}
+		filtered, err := readDiag(ctx, c.port, filter, collect)
 		switch {
 		case err == nil:
+			if filter != nil && !filtered {
+				// The kernel refused the bytecode (EINVAL: one, or a
+				// sandbox's emulation of sock_diag, without port
+				// comparisons), and readDiag dumped every socket
+				// instead. So does every read from now on: the kernel
+				// will not learn it, and each refusal costs a round
+				// trip per family.
+				c.noFilter.Store(true)
+			}
 			s.timed = true
 			return s, nil
 		case ctx.Err() != nil:

@@ -25,6 +25,15 @@ const (
 	diagRecvBuf      = 1 << 16 // bytes per recvfrom, more than the kernel puts in one (32 KiB)
 	diagStates       = 1<<stateEstablished | 1<<stateListen
 
+	// The request's bytecode filter (linux/inet_diag.h): an attribute of
+	// type INET_DIAG_REQ_BYTECODE holding struct inet_diag_bc_op {code,
+	// yes uint8; no uint16} ops. A port comparison takes two ops, the
+	// second's no holding the port.
+	inetDiagReqBytecode = 1 // INET_DIAG_REQ_BYTECODE
+	bcSGE               = 2 // INET_DIAG_BC_S_GE: local port >= the port
+	bcSLE               = 3 // INET_DIAG_BC_S_LE: local port <= the port
+	bcOpLen             = 4 // sizeof(struct inet_diag_bc_op)
+
 	// Offsets in struct tcp_info (linux/tcp.h) of the fields read here:
 	// the last-data times since Linux 2.6, the data segment counts since
 	// 4.6 (read when the kernel's struct is long enough).
@@ -38,14 +47,25 @@ const (
 
 // readDiag reads the caller's network namespace's TCP sockets on port
 // through sock_diag and calls f for each ESTABLISHED or LISTEN one, with
-// its activity.
-func readDiag(ctx context.Context, port uint16, f func(row)) error {
+// its activity. Port 0 reads every port's.
+//
+// With a filter (portFilter(port)), the kernel runs that bytecode on each
+// socket and sends only those it accepts, and f sees each of them: the
+// caller must keep checking the port. Without one, the kernel sends every
+// socket in the namespace (tens of thousands on a busy host, each with its
+// tcp_info) and readDiag keeps the port's. filtered reports whether the
+// kernel ran the filter: a kernel that refuses it (EINVAL) gets the same
+// requests without, and the read still succeeds.
+//
+// Each call opens its own netlink socket, so that a Counter holds no file
+// between polls.
+func readDiag(ctx context.Context, port uint16, filter []byte, f func(row)) (filtered bool, err error) {
 	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, syscall.NETLINK_INET_DIAG)
 	if err != nil {
 		if unsupported(err) {
-			return fmt.Errorf("%w: %v", errNoDiag, os.NewSyscallError("socket", err))
+			return false, fmt.Errorf("%w: %v", errNoDiag, os.NewSyscallError("socket", err))
 		}
-		return os.NewSyscallError("socket", err) // EMFILE, say: worth another try
+		return false, os.NewSyscallError("socket", err) // EMFILE, say: worth another try
 	}
 	defer syscall.Close(fd)
 	// A dump that stalls (it should not) must not outlive the caller's
@@ -57,17 +77,65 @@ func readDiag(ctx context.Context, port uint16, f func(row)) error {
 		}
 	}
 	if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
-		return os.NewSyscallError("setsockopt", err)
+		return false, os.NewSyscallError("setsockopt", err)
 	}
+	buf := make([]byte, diagRecvBuf)
 	for _, family := range []uint8{syscall.AF_INET, syscall.AF_INET6} {
 		if err := ctx.Err(); err != nil {
-			return err
+			return false, err
 		}
-		if err := dumpFamily(fd, family, port, f); err != nil {
-			return err
+		err := dumpFamily(fd, buf, family, port, filter, f)
+		if filter != nil && errors.Is(err, syscall.EINVAL) {
+			// EINVAL answers both bytecode the kernel does not know and,
+			// on some kernels, a family it does not serve: the request
+			// without the filter tells which. The kernel checks the
+			// bytecode before it sends any socket, so f has seen none of
+			// this family yet.
+			err = dumpFamily(fd, buf, family, port, nil, f)
+			if err == nil {
+				filter = nil // refused: the next family goes unfiltered too
+			}
+		}
+		if noFamily(err) {
+			continue // no module for this family (IPv6 off): nothing to count
+		}
+		if err != nil {
+			return false, err
 		}
 	}
-	return nil
+	return filter != nil, nil
+}
+
+// noFamily reports whether err is the kernel's answer to a dump of an
+// address family it does not serve.
+func noFamily(err error) bool {
+	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EINVAL)
+}
+
+// portFilter returns the bytecode that keeps the sockets whose local port
+// is port: local port >= port, then local port <= port, a failed
+// comparison jumping past the end, which rejects the socket. It is what
+// `ss 'sport = :port'` sends on iproute2 before INET_DIAG_BC_S_EQ (Linux
+// 4.16); S_GE and S_LE are as old as the bytecode itself, so every kernel
+// with sock_diag takes them. The local port is the app's side of an
+// inbound connection; the client's side of a loopback one has it as its
+// remote port, and is left out.
+func portFilter(port uint16) []byte {
+	bc := make([]byte, 0, 4*bcOpLen)
+	// yes: on to the next comparison; no: one op past the end.
+	bc = appendBCOp(bc, bcSGE, 2*bcOpLen, 5*bcOpLen)
+	bc = appendBCOp(bc, 0, 0, port)
+	// yes: onto the end, accepting; no: one op past it.
+	bc = appendBCOp(bc, bcSLE, 2*bcOpLen, 3*bcOpLen)
+	return appendBCOp(bc, 0, 0, port)
+}
+
+// appendBCOp appends one struct inet_diag_bc_op: on yes the kernel moves
+// yes bytes on, on no it moves no bytes on, and it accepts the socket when
+// it lands exactly on the end.
+func appendBCOp(b []byte, code, yes uint8, no uint16) []byte {
+	b = append(b, code, yes)
+	return binary.NativeEndian.AppendUint16(b, no)
 }
 
 // unsupported reports whether err means sock_diag cannot work here at all.
@@ -80,10 +148,15 @@ func unsupported(err error) bool {
 	return false
 }
 
-// dumpFamily asks for one address family's sockets and reads the answer to
-// its end.
-func dumpFamily(fd int, family uint8, port uint16, f func(row)) error {
-	req := make([]byte, syscall.NLMSG_HDRLEN+diagReqLen)
+// dumpFamily asks for one address family's sockets, through filter if not
+// nil, and reads the answer to its end into buf. An error from the kernel
+// wraps its errno.
+func dumpFamily(fd int, buf []byte, family uint8, port uint16, filter []byte, f func(row)) error {
+	n := syscall.NLMSG_HDRLEN + diagReqLen
+	if filter != nil {
+		n += syscall.SizeofRtAttr + len(filter)
+	}
+	req := make([]byte, n)
 	ne := binary.NativeEndian
 	ne.PutUint32(req[0:], uint32(len(req)))
 	ne.PutUint16(req[4:], sockDiagByFamily)
@@ -94,8 +167,15 @@ func dumpFamily(fd int, family uint8, port uint16, f func(row)) error {
 	r[1] = syscall.IPPROTO_TCP
 	r[2] = 1 << (inetDiagInfo - 1) // idiag_ext: ask for tcp_info
 	ne.PutUint32(r[4:], diagStates)
-	// The dump ignores the socket id's ports; filtering by port is done
-	// here, as for /proc/net/tcp.
+	want := port
+	if filter != nil {
+		// struct nlattr, then the bytecode (whole ops: no padding).
+		a := r[diagReqLen:]
+		ne.PutUint16(a[0:], uint16(syscall.SizeofRtAttr+len(filter)))
+		ne.PutUint16(a[2:], inetDiagReqBytecode)
+		copy(a[syscall.SizeofRtAttr:], filter)
+		want = 0 // the kernel kept the port's; pass on what it sent
+	}
 	sa := &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK}
 	if err := syscall.Sendto(fd, req, 0, sa); err != nil {
 		if unsupported(err) {
@@ -103,7 +183,6 @@ func dumpFamily(fd int, family uint8, port uint16, f func(row)) error {
 		}
 		return os.NewSyscallError("sendto", err)
 	}
-	buf := make([]byte, diagRecvBuf)
 	for {
 		n, _, err := syscall.Recvfrom(fd, buf, 0)
 		if err != nil {
@@ -123,16 +202,12 @@ func dumpFamily(fd int, family uint8, port uint16, f func(row)) error {
 			case syscall.NLMSG_ERROR:
 				if len(m.Data) >= 4 {
 					if errno := syscall.Errno(-int32(ne.Uint32(m.Data))); errno != 0 {
-						if errors.Is(errno, syscall.ENOENT) || errors.Is(errno, syscall.EOPNOTSUPP) || errors.Is(errno, syscall.EINVAL) {
-							// No module for this family (IPv6 off): nothing to count.
-							return nil
-						}
 						return fmt.Errorf("sock_diag: %w", errno)
 					}
 				}
 				return nil
 			case sockDiagByFamily:
-				if rw, ok := parseDiagMsg(m.Data, port); ok {
+				if rw, ok := parseDiagMsg(m.Data, want); ok {
 					f(rw)
 				}
 			}
@@ -141,7 +216,7 @@ func dumpFamily(fd int, family uint8, port uint16, f func(row)) error {
 }
 
 // parseDiagMsg decodes one struct inet_diag_msg and its attributes into a
-// row, if the socket is on port.
+// row, if the socket is on port (any port for 0).
 func parseDiagMsg(b []byte, port uint16) (row, bool) {
 	if len(b) < diagMsgLen {
 		return row{}, false
@@ -149,7 +224,7 @@ func parseDiagMsg(b []byte, port uint16) (row, bool) {
 	family, state := b[0], b[1]
 	id := b[4:52] // struct inet_diag_sockid
 	sport := binary.BigEndian.Uint16(id[0:])
-	if sport != port {
+	if port != 0 && sport != port {
 		return row{}, false
 	}
 	dport := binary.BigEndian.Uint16(id[2:])

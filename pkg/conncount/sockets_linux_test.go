@@ -8,11 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -295,11 +298,132 @@ func TestWaitIdleUntimed(t *testing.T) {
 	}
 }
 
+// TestDiagFilterRealSockets checks the kernel's port filter on real
+// sockets, with connections open to two ports. A read through portFilter
+// gets exactly the port's sockets as the kernel sent them: its listener and
+// the app's ends of its connections, whose local port it is, and neither
+// the clients' ends, whose remote port it is, nor the other port's. An
+// unfiltered read, and one through bytecode the kernel refuses, keep the
+// same rows here.
+func TestDiagFilterRealSockets(t *testing.T) {
+	t.Parallel()
+	requireDiag(t)
+	// Dual stack: its connections, from 127.0.0.1 and ::1, are all in the
+	// AF_INET6 dump. The other port's are in the AF_INET one.
+	lnDual := listen(t, "tcp", "::")
+	ln4 := listen(t, "tcp4", "127.0.0.1")
+	want := map[int][]string{}
+	for _, c := range []struct {
+		ln    net.Listener
+		hosts []string
+	}{
+		{lnDual, []string{"127.0.0.1", "::1"}},
+		{ln4, []string{"127.0.0.1", "127.0.0.1"}},
+	} {
+		local := c.ln.Addr().(*net.TCPAddr).AddrPort()
+		port := int(local.Port())
+		none := netip.IPv6Unspecified()
+		if local.Addr().Is4() {
+			none = netip.IPv4Unspecified()
+		}
+		want[port] = append(want[port], diagKey(row{
+			local:  local,
+			remote: netip.AddrPortFrom(none, 0),
+			state:  stateListen,
+		}))
+		for _, host := range c.hosts {
+			_, servers := connect(t, c.ln, host, 2)
+			for _, s := range servers {
+				want[port] = append(want[port], diagKey(row{
+					local:  s.LocalAddr().(*net.TCPAddr).AddrPort(),
+					remote: s.RemoteAddr().(*net.TCPAddr).AddrPort(),
+					state:  stateEstablished,
+				}))
+			}
+		}
+	}
+	portDual, port4 := lnDual.Addr().(*net.TCPAddr).Port, ln4.Addr().(*net.TCPAddr).Port
+	refused := appendBCOp(nil, 0xff, bcOpLen, bcOpLen) // no such op: EINVAL
+	tests := []struct {
+		name         string
+		port         int
+		filter       []byte
+		wantFiltered bool
+	}{
+		{name: "kernel filter, dual-stack port", port: portDual, filter: portFilter(uint16(portDual)), wantFiltered: true},
+		{name: "kernel filter, IPv4 port", port: port4, filter: portFilter(uint16(port4)), wantFiltered: true},
+		{name: "unfiltered, dual-stack port", port: portDual},
+		{name: "unfiltered, IPv4 port", port: port4},
+		{name: "refused filter falls back", port: port4, filter: refused},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			seen := map[string]bool{} // a dump can send a socket twice
+			filtered, err := readDiag(t.Context(), uint16(tt.port), tt.filter, func(r row) {
+				seen[diagKey(r)] = true
+			})
+			got := slices.Sorted(maps.Keys(seen))
+			wantRows := slices.Sorted(slices.Values(want[tt.port]))
+			if err != nil || filtered != tt.wantFiltered || !slices.Equal(got, wantRows) {
+				logPort(t, tt.port)
+				t.Fatalf("port %d: want filtered %v, rows\n\t%s\ngot filtered %v, %v, rows\n\t%s",
+					tt.port, tt.wantFiltered, strings.Join(wantRows, "\n\t"), filtered, err, strings.Join(got, "\n\t"))
+			}
+		})
+	}
+}
+
+// diagKey is how TestDiagFilterRealSockets compares rows: state and
+// addresses, v4-mapped ones unmapped as net.Conn gives them.
+func diagKey(r row) string {
+	unmap := func(ap netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) }
+	return fmt.Sprintf("%02X %v->%v", r.state, unmap(r.local), unmap(r.remote))
+}
+
+// TestCounterFilterRefused checks that a Counter whose bytecode the kernel
+// refuses still counts, and stops sending it.
+func TestCounterFilterRefused(t *testing.T) {
+	t.Parallel()
+	requireDiag(t)
+	tests := []struct {
+		name         string
+		filter       []byte // nil: the Counter's own
+		wantNoFilter bool
+	}{
+		{name: "accepted filter"},
+		{name: "refused filter", filter: appendBCOp(nil, 0xff, bcOpLen, bcOpLen), wantNoFilter: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ln := listen(t, "tcp4", "127.0.0.1")
+			port := ln.Addr().(*net.TCPAddr).Port
+			connect(t, ln, "127.0.0.1", 2)
+			c, err := New(port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.filter != nil {
+				c.filter = tt.filter
+			}
+			for _, read := range []string{"first", "second"} {
+				a, err := c.Activity(t.Context())
+				if err != nil || a.Established != 2 || !a.Timed || c.noFilter.Load() != tt.wantNoFilter {
+					logPort(t, port)
+					t.Fatalf("%s read of 2 connections: want 2 established, timed, noFilter %v, got %+v, %v, noFilter %v",
+						read, tt.wantNoFilter, a, err, c.noFilter.Load())
+				}
+			}
+		})
+	}
+}
+
 // requireDiag skips the test where sock_diag cannot be used (a sandbox
 // that forbids netlink sockets); any other error fails it.
 func requireDiag(t *testing.T) {
 	t.Helper()
-	err := readDiag(t.Context(), 1, func(row) {})
+	_, err := readDiag(t.Context(), 1, nil, func(row) {})
 	if errors.Is(err, errNoDiag) {
 		t.Skipf("sock_diag is not usable here: %v", err)
 	}
