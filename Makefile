@@ -7,12 +7,18 @@ test:
 demo:
 	go run ./cli/lameduck demo
 
-# Start Consul and Nacos on loopback (installing them if needed) and leave them running.
+# Start Consul and Nacos on loopback (installing them if needed) and leave them running:
+# a Consul dev agent and a standalone Nacos, then a Consul cluster (3 servers, 2 client
+# agents on 127.0.0.11-22) and a 3-node Nacos cluster (8858, 8868, 8878).
 servers:
 	./integration/scripts/start-consul.sh
 	./integration/scripts/start-nacos.sh
+	./integration/scripts/start-consul-cluster.sh
+	./integration/scripts/start-nacos-cluster.sh
 
 stop-servers:
+	./integration/scripts/stop-nacos-cluster.sh
+	./integration/scripts/stop-consul-cluster.sh
 	./integration/scripts/stop-nacos.sh
 	./integration/scripts/stop-consul.sh
 
@@ -25,3 +31,9 @@ PROOF_OUT ?= /tmp/lameduck-proof
 .PHONY: proof
 proof: servers
 	go run ./integration/proof -rounds 3 -out $(PROOF_OUT)
+
+# The tracker and the HTTP middleware under wrk against a bare handler, interleaved in one run
+# (about 1.5 minutes; installs wrk from Debian if missing). BENCHMARKS.md, "HTTP middleware under wrk".
+.PHONY: bench-wrk
+bench-wrk:
+	./integration/wrkbench/run.sh

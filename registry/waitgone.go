@@ -282,7 +282,8 @@ func (g *GoneWatch) report(e ViewEvent) {
 func (g *GoneWatch) Listed() bool { return g.present }
 
 // Wait blocks until the registry's own watch and every view that answers
-// show the instance gone (at once if the last lists seen lacked it), or ctx
+// show the instance gone (at once if the last lists seen lacked it, and
+// with views, once they have stayed so for GoneOptions.Settle), or ctx
 // ends. A view still listing the instance RemoveAgainAfter after Wait began,
 // or when another view has gone down, gets the removal again through a live
 // view (see ViewRemover), and again at that interval. An error from the
@@ -309,9 +310,19 @@ func (g *GoneWatch) Wait(ctx context.Context) error {
 	downsAtAgain := 0
 	timer := time.NewTimer(g.o.RemoveAgainAfter)
 	defer timer.Stop()
+	// settle ticks once every view has been clear for Settle.
+	settleT := time.NewTimer(g.o.Settle)
+	settleT.Stop()
+	defer settleT.Stop()
+	var settle <-chan time.Time
 	for {
-		if !running && g.gone && g.viewsClear() {
-			return nil
+		switch clear := !running && g.gone && g.viewsClear(); {
+		case clear && settle == nil:
+			settleT.Reset(g.o.Settle)
+			settle = settleT.C
+		case !clear && settle != nil:
+			settleT.Stop()
+			settle = nil
 		}
 		g.mu.Lock()
 		downs := g.downs
@@ -337,6 +348,11 @@ func (g *GoneWatch) Wait(ctx context.Context) error {
 		case <-g.wake:
 		case <-timer.C:
 			timer.Reset(g.o.RemoveAgainAfter)
+		case <-settle:
+			if g.viewsClear() {
+				return nil
+			}
+			settle = nil // a view lists the instance again: wait anew
 		}
 	}
 }

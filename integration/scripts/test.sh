@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (`make test`): starts real Consul and Nacos on
-# loopback, installing them first if they are missing (the first run builds
+# loopback, standalone and as clusters, installing them first if they are missing (the first run builds
 # Consul, about 11 minutes on 2 cores, and caches it outside the repo), then
 # runs go vet and every test with the race detector. Servers this script
 # started are stopped when it ends; servers already running are left alone.
@@ -15,16 +15,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for s in consul nacos; do
-  pidfile="$RUN_DIR/$s/$s.pid"
-  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+# Running already: a standalone server's PID file names a live process, or a
+# cluster's first member answers.
+running() {
+  case "$1" in
+    consul-cluster) curl -fsS --max-time 2 "http://127.0.0.11:8500/v1/status/leader" >/dev/null 2>&1 ;;
+    nacos-cluster) curl -fsS --max-time 2 "http://127.0.0.1:8858/nacos/v3/admin/core/state/readiness" >/dev/null 2>&1 ;;
+    *) [ -f "$RUN_DIR/$1/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1/$1.pid")" 2>/dev/null ;;
+  esac
+}
+
+# The standalone servers, then the clusters (integration/cluster_test.go):
+# 3 Consul servers and 2 client agents on 127.0.0.11-22, 3 Nacos nodes on
+# 8858/8868/8878. One at a time: JVMs starting together on 2 cores are slow.
+for s in consul nacos consul-cluster nacos-cluster; do
+  if running "$s"; then
     "$scripts/start-$s.sh" >/dev/null # running: just check it is ready
   else
-    echo "test: starting $s" >&2
+    echo "test: starting $s ($SECONDS s)" >&2
     "$scripts/start-$s.sh" >/dev/null
     started+=("$s")
   fi
 done
+echo "test: servers ready ($SECONDS s)" >&2
 
 # A missing server now fails the integration tests instead of skipping them.
 export LAMEDUCK_INTEGRATION=1
