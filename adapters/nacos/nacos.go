@@ -161,6 +161,7 @@ type Registry struct {
 	clears  map[string]chan struct{} // instance key -> closed when its look is done
 
 	views map[string]*view // by node address, guarded by mu; see views.go
+	warm  sync.Once        // connects the views after the first Register
 }
 
 type published struct {
@@ -379,6 +380,9 @@ func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 	})
 	if err == nil && !r.o.noAdminAPI {
 		r.clearInBackground(ctx, i)
+	}
+	if err == nil {
+		r.warmViews()
 	}
 	return err
 }
