@@ -42,6 +42,7 @@ type fakeConsul struct {
 	regs     []*api.AgentServiceRegistration
 	regOpts  []api.ServiceRegisterOpts
 	waitIdx  []uint64 // WaitIndex of each health query
+	stale    []bool   // AllowStale of each health query
 	register error    // returned by ServiceRegisterOpts
 	dereg    error    // returned by ServiceDeregisterOpts
 	maint    error    // returned by the maintenance calls
@@ -136,6 +137,7 @@ func (f *fakeConsul) HealthService(service, _ string, passing bool, q *api.Query
 	f.mu.Lock()
 	f.record("health %s passing=%v index=%d", service, passing, q.WaitIndex)
 	f.waitIdx = append(f.waitIdx, q.WaitIndex)
+	f.stale = append(f.stale, q.AllowStale)
 	var r *healthReply
 	if len(f.replies) > 0 {
 		r = &f.replies[0]
