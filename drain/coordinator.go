@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -47,9 +48,20 @@ type RegistryStatus struct {
 	Attempts       int           `json:"attempts"`
 	ConfirmLatency time.Duration `json:"confirm_latency_ns"`
 	Error          string        `json:"error,omitempty"`
+	// Servers is where each server of a clustered registry stands, for a
+	// registry that confirms through every server (registry.Viewer).
+	Servers []ServerStatus `json:"servers,omitempty"`
 
 	deregisteredAt time.Time
 	err            error // what Error says, kept for errors.Is/As
+}
+
+// ServerStatus is what one server of a clustered registry last showed
+// during the confirmation.
+type ServerStatus struct {
+	Name  string `json:"name"`
+	State string `json:"state"` // the last registry.ViewEventKind: gone, down, up, removed-again
+	Error string `json:"error,omitempty"`
 }
 
 // PhaseSpan is when a phase started and how long it took.
@@ -451,7 +463,7 @@ func (c *Coordinator) remove(ctx context.Context, k int, r registry.Registry) (*
 		c.setReg(k, func(s *RegistryStatus) { s.Attempts++ })
 		if g == nil {
 			var err error
-			if g, err = registry.WatchGone(ctx, r, c.o.inst, c.goneOptions(r)); err != nil {
+			if g, err = registry.WatchGone(ctx, r, c.o.inst, c.goneOptions(k, r)); err != nil {
 				return err
 			}
 		}
@@ -478,7 +490,7 @@ func (c *Coordinator) confirm(ctx context.Context, k int, r registry.Registry, g
 	err := c.retry(ctx, r, func() error {
 		if g == nil {
 			var err error
-			if g, err = registry.WatchGone(ctx, r, c.o.inst, c.goneOptions(r)); err != nil {
+			if g, err = registry.WatchGone(ctx, r, c.o.inst, c.goneOptions(k, r)); err != nil {
 				return err
 			}
 		}
@@ -507,12 +519,27 @@ func (c *Coordinator) confirm(ctx context.Context, k int, r registry.Registry, g
 }
 
 // goneOptions makes r's confirmation follow every server of its cluster
-// with the coordinator's backoff, and report each through EventView.
-func (c *Coordinator) goneOptions(r registry.Registry) registry.GoneOptions {
+// with the coordinator's backoff, and report each through its status and
+// EventView.
+func (c *Coordinator) goneOptions(k int, r registry.Registry) registry.GoneOptions {
 	return registry.GoneOptions{
 		Disable:    c.o.disable,
 		RetryDelay: c.o.backoff.Delay,
 		OnView: func(e registry.ViewEvent) {
+			c.setReg(k, func(s *RegistryStatus) {
+				st := ServerStatus{Name: e.View, State: e.Kind.String()}
+				if e.Err != nil {
+					st.Error = e.Err.Error()
+				}
+				// A new slice each time: snapshots taken by Status share the old one.
+				servers := slices.Clone(s.Servers)
+				if i := slices.IndexFunc(servers, func(o ServerStatus) bool { return o.Name == e.View }); i >= 0 {
+					servers[i] = st
+				} else {
+					servers = append(servers, st)
+				}
+				s.Servers = servers
+			})
 			c.emit(Event{Kind: EventView, Registry: r.String(), View: e.View, ViewKind: e.Kind, Latency: e.At, Err: e.Err})
 		},
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -545,12 +546,14 @@ func TestCoordinatorUnreachableRegistry(t *testing.T) {
 		withBackoff(backoff.Policy{Initial: 200 * time.Millisecond, Max: time.Second}))
 	h.c.Start()
 	retries := 0
-	upDone := false // time moves only once memory://up is done with
+	// Time moves only once memory://up is done with: confirmed, not only
+	// deregistered, or the deadline could cut its confirmation short.
+	upDone := false
 	var retry *recorded
 	for done := false; !done; {
 		e := h.next(t, "an event while memory://down is retried")
 		switch {
-		case e.Kind == EventDeregistered && e.Registry == "memory://up":
+		case e.Kind == EventConfirmed && e.Registry == "memory://up":
 			upDone = true
 		case e.Kind == EventRetry:
 			retries++
@@ -915,5 +918,58 @@ func TestCoordinatorWithMemoryRegistry(t *testing.T) {
 				t.Fatalf("Enable after offline: want error %v, got %v", !disable, err)
 			}
 		})
+	}
+}
+
+// clustered is a memory registry with one view per server: a live one,
+// which is the registry itself, and a dead one that never answers.
+type clustered struct {
+	*memory.Registry
+}
+
+type deadServer struct{}
+
+func (deadServer) String() string { return "memory://dead-server" }
+func (deadServer) Watch(context.Context, string) (registry.Watcher, error) {
+	return nil, errors.New("connection refused")
+}
+
+func (c clustered) Views(context.Context) ([]registry.View, error) {
+	return []registry.View{c.Registry, deadServer{}}, nil
+}
+
+// A registry that confirms through every server reports each server in
+// its status and through EventView; a dead one holds nothing up.
+func TestCoordinatorReportsServers(t *testing.T) {
+	t.Parallel()
+	reg, err := memory.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Register(t.Context(), testInstance); err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, clock.NewFake(t0), WithRegistries(clustered{reg}), WithInstance(testInstance), WithQuietWindow(0))
+	h.c.Start()
+	rep, err := h.wait(t)
+	if err != nil {
+		t.Fatalf("offline with one server dead: want nil error, got %v", err)
+	}
+	st := rep.Registries[0]
+	if st.State != "confirmed" {
+		t.Fatalf("want the registry confirmed despite the dead server, got %+v", st)
+	}
+	want := map[string]string{"memory://": "gone", "memory://dead-server": "down"}
+	got := map[string]string{}
+	for _, s := range st.Servers {
+		got[s.Name] = s.State
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("servers in the status: want %v, got %+v", want, st.Servers)
+	}
+	if !slices.ContainsFunc(h.seen, func(e Event) bool {
+		return e.Kind == EventView && e.View == "memory://dead-server" && e.ViewKind == registry.ViewDown && e.Err != nil
+	}) {
+		t.Errorf("want an EventView reporting memory://dead-server down, got events %v", h.seen)
 	}
 }
