@@ -16,8 +16,9 @@ func init() { openers["consul"] = openConsul }
 
 // openConsul reads consul://[host:port][?dc=DC&ttl=15s&confirm=servers&tls=true&ca-file=F&cert-file=F&key-file=F&tls-skip-verify=true].
 // An empty host means $CONSUL_HTTP_ADDR, else 127.0.0.1:8500. confirm takes
-// "servers" (every server in the raft peer set, at the agent's HTTP port) or
-// a comma-separated list of host:port.
+// "servers" (every server in the raft peer set, at the agent's HTTP port),
+// "agents" (every live agent of the LAN pool, likewise) or a comma-separated
+// list of host:port, or several of these.
 func openConsul(_ context.Context, u *url.URL, creds Credentials) (Registry, error) {
 	q := u.Query()
 	if err := params("consul", q, "dc", "ttl", "confirm", "tls", "ca-file", "cert-file", "key-file", "tls-skip-verify"); err != nil {
@@ -50,11 +51,13 @@ func openConsul(_ context.Context, u *url.URL, creds Credentials) (Registry, err
 			switch a = strings.TrimSpace(a); {
 			case a == "servers":
 				opts = append(opts, consul.WithConfirmThroughServers())
+			case a == "agents":
+				opts = append(opts, consul.WithConfirmThroughAgents())
 			case a == "":
-				return nil, fmt.Errorf("adapters: consul URL parameter confirm=%q has an empty entry; want servers or host:port,host:port", c)
+				return nil, fmt.Errorf("adapters: consul URL parameter confirm=%q has an empty entry; want servers, agents or host:port,host:port", c)
 			default:
 				if err := checkHostPort("consul", a); err != nil {
-					return nil, fmt.Errorf("%w in confirm=%q; want servers or host:port,host:port", err, c)
+					return nil, fmt.Errorf("%w in confirm=%q; want servers, agents or host:port,host:port", err, c)
 				}
 				opts = append(opts, consul.WithConfirmThrough(a))
 			}

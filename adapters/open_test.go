@@ -57,9 +57,9 @@ func TestOpen(t *testing.T) {
 		{name: "consul tls-skip-verify bad", raw: "consul://127.0.0.1:8500?tls-skip-verify=sure", want: []string{`tls-skip-verify="sure"`, "true or false"}},
 		{name: "consul unknown parameter", raw: "consul://127.0.0.1:8500?token=" + secret, want: []string{`"token"`, "dc, ttl"}},
 		{name: "consul confirm servers", raw: "consul://127.0.0.21:8500?confirm=servers", wantStr: "consul://127.0.0.21:8500"},
-		{name: "consul confirm list", raw: "consul://127.0.0.21:8500?confirm=127.0.0.11:8500,127.0.0.12:8500,servers"},
-		{name: "consul confirm empty entry", raw: "consul://127.0.0.1:8500?confirm=127.0.0.11:8500,,", want: []string{"empty entry", "servers or host:port"}},
-		{name: "consul confirm bad address", raw: "consul://127.0.0.1:8500?confirm=127.0.0.11", want: []string{`"127.0.0.11"`, "not host:port", "servers or host:port"}},
+		{name: "consul confirm list", raw: "consul://127.0.0.21:8500?confirm=127.0.0.11:8500,127.0.0.12:8500,servers,agents"},
+		{name: "consul confirm empty entry", raw: "consul://127.0.0.1:8500?confirm=127.0.0.11:8500,,", want: []string{"empty entry", "servers, agents or host:port"}},
+		{name: "consul confirm bad address", raw: "consul://127.0.0.1:8500?confirm=127.0.0.11", want: []string{`"127.0.0.11"`, "not host:port", "servers, agents or host:port"}},
 		{name: "consul repeated parameter", raw: "consul://127.0.0.1:8500?dc=a&dc=b", want: []string{`"dc"`, "2 times"}},
 
 		{name: "nacos missing host", raw: "nacos://?namespace=dev", want: []string{"has no host"}},

@@ -190,7 +190,7 @@ func watchObserver(t *testing.T, ctx context.Context, r registry.Registry, name,
 // gapSample is one deregistration: how long after lameduck's confirmation
 // each observer dropped the instance (negative: before it).
 type gapSample struct {
-	way  string // "before" (the app's own agent or node) or "after" (every server)
+	way  string // "before" (the app's own agent or node), "servers", "agents" or "after" (every node)
 	gaps map[string]time.Duration
 }
 
@@ -257,14 +257,14 @@ func measureGaps(t *testing.T, rounds int, owner registry.Registry, ways map[str
 
 // gapTable reduces samples to, per way and consistency mode, the median and
 // p99 of the last consumer's gap, and logs every observer's median.
-func gapTable(t *testing.T, registryName string, samples []gapSample, obs []*observer) map[[2]string][2]time.Duration {
+func gapTable(t *testing.T, registryName string, samples []gapSample, obs []*observer, ways ...string) map[[2]string][2]time.Duration {
 	t.Helper()
 	modes := map[string][]string{}
 	for _, o := range obs {
 		modes[o.mode] = append(modes[o.mode], o.name)
 	}
 	out := map[[2]string][2]time.Duration{}
-	for _, way := range []string{"before", "after"} {
+	for _, way := range ways {
 		for mode, names := range modes {
 			var last []time.Duration
 			per := map[string][]time.Duration{}
@@ -284,7 +284,7 @@ func gapTable(t *testing.T, registryName string, samples []gapSample, obs []*obs
 			}
 			med, p99 := quantile(last, 0.5), quantile(last, 0.99)
 			out[[2]string{way, mode}] = [2]time.Duration{med, p99}
-			t.Logf("%s %-6s %-10s last consumer's gap after lameduck's confirmation: median %8.1f ms, p99 %8.1f ms (%d rounds)",
+			t.Logf("%s %-7s %-10s last consumer's gap after lameduck's confirmation: median %8.1f ms, p99 %8.1f ms (%d rounds)",
 				registryName, way, mode, ms(med), ms(p99), len(last))
 			for _, n := range names {
 				t.Logf("    %-22s median %8.1f ms, max %8.1f ms", n, ms(quantile(per[n], 0.5)), ms(quantile(per[n], 1)))
@@ -307,9 +307,9 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // gap between lameduck's confirmation and the moment the last consumer,
 // watching through another agent or node in each consistency mode it can
 // use, stops seeing the instance: before (confirmed on the app's own agent
-// or node) and after (confirmed through every server or node). It fails if
-// any consumer still saw the instance after the confirmation through every
-// server. BENCHMARKS.md has the figures; run it alone to read them:
+// or node) and after (Consul: through every server, and through every
+// agent; Nacos: through every node). It fails if any consumer still saw the
+// instance after the confirmation through every Consul agent or Nacos node. BENCHMARKS.md has the figures; run it alone to read them:
 //
 //	LAMEDUCK_CLUSTER_ROUNDS=50 go test ./integration -run TestClusterConfirmationGap -v -count=1
 func TestClusterConfirmationGap(t *testing.T) {
@@ -318,8 +318,11 @@ func TestClusterConfirmationGap(t *testing.T) {
 		needConsulCluster(t)
 		app := consulClients()[0]
 		owner := newConsulAt(t, app)
-		plain := newConsulAt(t, app)
-		viewed := newConsulAt(t, app, consul.WithConfirmThroughServers())
+		ways := map[string]registry.Registry{
+			"before":  newConsulAt(t, app),
+			"servers": newConsulAt(t, app, consul.WithConfirmThroughServers()),
+			"agents":  newConsulAt(t, app, consul.WithConfirmThroughAgents()),
+		}
 		service := registrytest.UniqueService(t)
 		var obs []*observer
 		agents := append(slices.Clone(consulClients()), consulServers()...)
@@ -328,10 +331,12 @@ func TestClusterConfirmationGap(t *testing.T) {
 				obs = append(obs, consulObserver(t, t.Context(), a, a, mode, service))
 			}
 		}
-		samples := measureGaps(t, rounds, owner, map[string]registry.Registry{"before": plain, "after": viewed}, obs, service, 20*time.Millisecond)
-		table := gapTable(t, "consul", samples, obs)
-		checkAfter(t, samples, obs, tolerance(t))
-		_ = table
+		samples := measureGaps(t, rounds, owner, ways, obs, service, 20*time.Millisecond)
+		gapTable(t, "consul", samples, obs, "before", "servers", "agents")
+		// Through the servers alone, a client agent's relay can still lag
+		// (up to 37 ms under load): reported above, checked only through
+		// every agent, where consumers read.
+		checkAfter(t, samples, obs, "agents", tolerance(t))
 	})
 	t.Run("nacos", func(t *testing.T) {
 		needNacosCluster(t)
@@ -344,8 +349,8 @@ func TestClusterConfirmationGap(t *testing.T) {
 			obs = append(obs, watchObserver(t, t.Context(), newNacosAt(t, n), fmt.Sprintf("node%d", k+1), "push", service))
 		}
 		samples := measureGaps(t, rounds, owner, map[string]registry.Registry{"before": owner, "after": viewed}, obs, service, 0)
-		gapTable(t, "nacos", samples, obs)
-		checkAfter(t, samples, obs, tolerance(t))
+		gapTable(t, "nacos", samples, obs, "before", "after")
+		checkAfter(t, samples, obs, "after", tolerance(t))
 	})
 }
 
@@ -365,16 +370,16 @@ func tolerance(t *testing.T) time.Duration {
 }
 
 // checkAfter fails for every consumer that dropped the instance more than
-// tol after a confirmation taken through every server.
-func checkAfter(t *testing.T, samples []gapSample, obs []*observer, tol time.Duration) {
+// tol after a confirmation taken the given way.
+func checkAfter(t *testing.T, samples []gapSample, obs []*observer, way string, tol time.Duration) {
 	t.Helper()
 	for k, s := range samples {
-		if s.way != "after" {
+		if s.way != way {
 			continue
 		}
 		for _, o := range obs {
 			if g := s.gaps[o.name]; g > tol {
-				t.Errorf("sample %d: consumer %s still saw the instance %.1f ms after the confirmation through every server; want none after it", k, o.name, ms(g))
+				t.Errorf("sample %d: consumer %s still saw the instance %.1f ms after the confirmation %s; want none after it", k, o.name, ms(g), way)
 			}
 		}
 	}

@@ -47,6 +47,7 @@ type client interface {
 	// CatalogDeregister and StatusPeers serve the views (see views.go).
 	CatalogDeregister(d *api.CatalogDeregistration, q *api.WriteOptions) error
 	StatusPeers(q *api.QueryOptions) ([]string, error)
+	LANMembers(q *api.QueryOptions) ([]*api.AgentMember, error)
 }
 
 type sdk struct {
@@ -64,6 +65,14 @@ func (s sdk) CatalogDeregister(d *api.CatalogDeregistration, q *api.WriteOptions
 
 func (s sdk) StatusPeers(q *api.QueryOptions) ([]string, error) {
 	return s.status.PeersWithQueryOptions(q)
+}
+
+// LANMembers is the agent's view of the LAN gossip pool (Agent.Members,
+// which takes no context).
+func (s sdk) LANMembers(q *api.QueryOptions) ([]*api.AgentMember, error) {
+	var out []*api.AgentMember
+	_, err := s.raw.Query("/v1/agent/members", &out, q)
+	return out, err
 }
 
 func (s sdk) AgentNodeID(q *api.QueryOptions) (string, error) {
@@ -117,6 +126,7 @@ type options struct {
 
 	confirm        []string                  // servers to confirm through, host:port
 	confirmServers bool                      // and every server in the raft peer set
+	confirmAgents  bool                      // and every live agent of the LAN pool
 	viewClient     func(addr string) client // for unit tests; nil: the SDK
 }
 

@@ -50,8 +50,9 @@ type fakeConsul struct {
 	ttlErr   error    // returned by UpdateTTL when lose is false
 	blockTTL bool     // UpdateTTL blocks until its ctx ends
 	replies  []healthReply
-	peers    []string // StatusPeers' answer
-	peersErr error    // returned by StatusPeers
+	peers    []string           // StatusPeers' answer
+	peersErr error              // returned by StatusPeers and LANMembers
+	members  []*api.AgentMember // LANMembers' answer
 }
 
 func newFake() *fakeConsul { return &fakeConsul{signal: make(chan struct{}, 1)} }
@@ -169,6 +170,14 @@ func (f *fakeConsul) StatusPeers(_ *api.QueryOptions) ([]string, error) {
 	defer f.mu.Unlock()
 	f.record("peers")
 	return f.peers, f.peersErr
+}
+
+func (f *fakeConsul) LANMembers(_ *api.QueryOptions) ([]*api.AgentMember, error) {
+	defer f.wake()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("members")
+	return f.members, f.peersErr
 }
 
 func (f *fakeConsul) AgentNodeID(_ *api.QueryOptions) (string, error) {

@@ -40,6 +40,7 @@ func TestViews(t *testing.T) {
 		name    string
 		opts    []Option
 		peers   []string
+		members []*api.AgentMember
 		peerErr error
 		want    []string
 		wantErr []string
@@ -53,6 +54,15 @@ func TestViews(t *testing.T) {
 		{name: "listed and servers, each once", opts: []Option{WithConfirmThrough("127.0.0.11:8500"), WithConfirmThroughServers()},
 			peers: []string{"127.0.0.11:8300", "127.0.0.12:8300"},
 			want:  []string{"consul://127.0.0.11:8500", "consul://127.0.0.12:8500"}},
+		{name: "live agents", opts: []Option{WithConfirmThroughAgents()},
+			members: []*api.AgentMember{
+				{Name: "s1", Addr: "127.0.0.11", Status: memberAlive},
+				{Name: "c1", Addr: "127.0.0.21", Status: memberAlive},
+				{Name: "c2", Addr: "127.0.0.22", Status: 4},
+			},
+			want: []string{"consul://127.0.0.11:8500", "consul://127.0.0.21:8500"}},
+		{name: "members unreachable", opts: []Option{WithConfirmThroughAgents()}, peerErr: errors.New("connection refused"),
+			wantErr: []string{"agents to confirm through", "connection refused"}},
 		{name: "peers unreachable", opts: []Option{WithConfirmThroughServers()}, peerErr: errors.New("connection refused"),
 			wantErr: []string{"connection refused", "?confirm=host:port"}},
 		{name: "peer without port", opts: []Option{WithConfirmThroughServers()}, peers: []string{"127.0.0.11"},
@@ -62,7 +72,7 @@ func TestViews(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			f := newFake()
-			f.peers, f.peersErr = tc.peers, tc.peerErr
+			f.peers, f.peersErr, f.members = tc.peers, tc.peerErr, tc.members
 			r, _ := newViewTest(t, f, tc.opts...)
 			vs, err := r.Views(t.Context())
 			if len(tc.wantErr) > 0 {
