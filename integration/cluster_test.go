@@ -190,8 +190,9 @@ func watchObserver(t *testing.T, ctx context.Context, r registry.Registry, name,
 // gapSample is one deregistration: how long after lameduck's confirmation
 // each observer dropped the instance (negative: before it).
 type gapSample struct {
-	way  string // "before" (the app's own agent or node), "servers", "agents" or "after" (every node)
-	gaps map[string]time.Duration
+	way     string // "before" (the app's own agent or node), "servers", "agents" or "after" (every node)
+	gaps    map[string]time.Duration
+	confirm time.Duration // from the deregistration's return (the leader's raft commit; on Nacos, node A's write) to the confirmation
 }
 
 // measureGaps registers and deregisters an instance rounds times for each
@@ -234,6 +235,7 @@ func measureGaps(t *testing.T, rounds int, owner registry.Registry, ways map[str
 				cancel()
 				t.Fatalf("deregister %s: %v", key, err)
 			}
+			deregistered := time.Now()
 			err = g.Wait(ctx)
 			confirmed := time.Now()
 			g.Stop()
@@ -243,7 +245,7 @@ func measureGaps(t *testing.T, rounds int, owner registry.Registry, ways map[str
 			}
 			awaitObservers(t, obs, "the instance dropped", 30*time.Second, func(_ bool, d time.Time) bool { return !d.IsZero() })
 			cancel()
-			s := gapSample{way: way, gaps: map[string]time.Duration{}}
+			s := gapSample{way: way, gaps: map[string]time.Duration{}, confirm: confirmed.Sub(deregistered)}
 			for _, o := range obs {
 				_, d := o.state()
 				s.gaps[o.name] = d.Sub(confirmed)
@@ -265,6 +267,16 @@ func gapTable(t *testing.T, registryName string, samples []gapSample, obs []*obs
 	}
 	out := map[[2]string][2]time.Duration{}
 	for _, way := range ways {
+		var conf []time.Duration
+		for _, s := range samples {
+			if s.way == way {
+				conf = append(conf, s.confirm)
+			}
+		}
+		if len(conf) > 0 {
+			t.Logf("%s %-7s deregistration returned -> lameduck's confirmation: median %8.1f ms, p99 %8.1f ms",
+				registryName, way, ms(quantile(conf, 0.5)), ms(quantile(conf, 0.99)))
+		}
 		for mode, names := range modes {
 			var last []time.Duration
 			per := map[string][]time.Duration{}
