@@ -26,11 +26,14 @@ bench:
 	go test -run '^$$' -bench . -benchmem -count 6 ./drain ./pkg/...
 
 # The proof of issue 6: rolling restarts under load on real Consul and Nacos, in five ways, against today's practice
-# (about 10 minutes). BENCHMARKS.md explains the method and the numbers; CI runs one round (integration/scripts/test.sh).
+# (about 10 minutes), then again (as long) on the Consul and Nacos clusters (-topology cluster, into $(PROOF_OUT)-cluster);
+# `servers` starts both the standalone servers and the clusters. BENCHMARKS.md explains the method and the numbers;
+# CI runs one round of each (integration/scripts/test.sh).
 PROOF_OUT ?= /tmp/lameduck-proof
 .PHONY: proof
 proof: servers
 	go run ./integration/proof -rounds 3 -out $(PROOF_OUT)
+	go run ./integration/proof -topology cluster -rounds 3 -out $(PROOF_OUT)-cluster
 
 # The tracker and the HTTP middleware under wrk against a bare handler, interleaved in one run
 # (about 1.5 minutes; installs wrk from Debian if missing). BENCHMARKS.md, "HTTP middleware under wrk".

@@ -274,9 +274,29 @@ func registryFlags(def string) []ucli.Flag {
 	}
 }
 
+// registryURLs returns the --registry values. urfave/cli splits a flag's
+// value and its environment variable at commas, which also cuts the URLs
+// that hold commas (nacos://a:8848,b:8848 and ?confirm=a:8500,b:8500), so a
+// piece without a scheme is put back onto the URL before it.
+func registryURLs(c *ucli.Context) []string {
+	return joinURLs(c.StringSlice("registry"))
+}
+
+func joinURLs(pieces []string) []string {
+	var out []string
+	for _, p := range pieces {
+		if n := len(out); n > 0 && !strings.Contains(p, "://") {
+			out[n-1] += "," + p
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
 // openRegistries opens the registries named by the --registry flags.
 func openRegistries(c *ucli.Context) ([]adapters.Registry, error) {
-	urls := c.StringSlice("registry")
+	urls := registryURLs(c)
 	if len(urls) == 0 {
 		return nil, badInput("no registry given; pass --registry URL or set %s", EnvRegistry)
 	}

@@ -454,7 +454,10 @@ func (r *Registry) clearStaleDisable(ctx context.Context, i registry.Instance) {
 		for attempt := 0; ; attempt++ {
 			err := r.patchEnabled(ctx, i, true)
 			// The new instance may not be readable yet; give it a moment.
-			if !errors.Is(err, ErrInstanceNotFound) || attempt == 4 {
+			// In a cluster the admin API's node learns of it only when
+			// Distro has copied it from the node the client is connected
+			// to (1-2 s), so there the look goes on until the timeout.
+			if !errors.Is(err, ErrInstanceNotFound) || (len(r.o.nodes) < 2 && attempt == 4) {
 				return true, err
 			}
 			t := time.NewTimer(100 * time.Millisecond)

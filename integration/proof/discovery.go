@@ -23,13 +23,14 @@ type watch interface{ stop() }
 
 // consulWatch runs blocking queries on the passing health list of service,
 // each returning as soon as the list changes, and hands every list to
-// update.
+// update. stale reads the answering server's own state (?stale) instead of
+// having it forwarded to the leader.
 type consulWatch struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func startConsulWatch(addr, token, service string, update func([]string)) (*consulWatch, error) {
+func startConsulWatch(addr, token string, stale bool, service string, update func([]string)) (*consulWatch, error) {
 	cl, err := api.NewClient(&api.Config{Address: addr, Token: token})
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", addr, err)
@@ -41,13 +42,13 @@ func startConsulWatch(addr, token, service string, update func([]string)) (*cons
 		var index uint64
 		backoff := 50 * time.Millisecond
 		for ctx.Err() == nil {
-			q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute}).WithContext(ctx)
+			q := (&api.QueryOptions{WaitIndex: index, WaitTime: time.Minute, AllowStale: stale}).WithContext(ctx)
 			entries, meta, err := cl.Health().Service(service, "", true, q)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}
-				fmt.Fprintf(os.Stderr, "proof: consul watch of %s: %v; retrying in %v\n", service, err, backoff)
+				fmt.Fprintf(os.Stderr, "proof: consul watch of %s on %s: %v; retrying in %v\n", service, addr, err, backoff)
 				select {
 				case <-ctx.Done():
 					return

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,12 +49,12 @@ func describeMachine(ctx context.Context, cfg *config) machine {
 		switch r {
 		case "consul":
 			var self struct{ Config struct{ Version string } }
-			if getJSON(ctx, "http://"+cfg.consulAddr+"/v1/agent/self", &self) == nil {
+			if getJSON(ctx, "http://"+cfg.consulAgent()+"/v1/agent/self", &self) == nil {
 				m.ConsulVersion = self.Config.Version
 			}
 		case "nacos":
 			var state struct{ Data struct{ Version string } }
-			if getJSON(ctx, "http://"+cfg.nacosAddr+"/nacos/v3/admin/core/state", &state) == nil {
+			if getJSON(ctx, "http://"+cfg.nacosRegNodes()[0]+"/nacos/v3/admin/core/state", &state) == nil {
 				m.NacosVersion = state.Data.Version
 			}
 		}
@@ -97,20 +98,33 @@ func getJSON(ctx context.Context, url string, v any) error {
 	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(v)
 }
 
-// checkServers fails unless every registry asked for answers, with the
-// command that starts it.
+// checkServers fails unless every registry asked for answers (in a
+// cluster: every member), with the command that starts it.
 func checkServers(ctx context.Context, cfg *config) error {
 	for _, r := range cfg.registries {
-		var url string
+		var urls []string
 		switch r {
 		case "consul":
-			url = "http://" + cfg.consulAddr + "/v1/status/leader"
+			for _, a := range append(slices.Clone(cfg.consulServers), cfg.consulClients...) {
+				urls = append(urls, "http://"+a+"/v1/status/leader")
+			}
+			if cfg.topology != topoCluster {
+				urls = []string{"http://" + cfg.consulAddr + "/v1/status/leader"}
+			}
 		case "nacos":
-			url = "http://" + cfg.nacosAddr + "/nacos/v3/admin/core/state/readiness"
+			for _, a := range cfg.nacosRegNodes() {
+				urls = append(urls, "http://"+a+"/nacos/v3/admin/core/state/readiness")
+			}
 		}
-		var ignored any
-		if err := getJSON(ctx, url, &ignored); err != nil {
-			return fmt.Errorf("%s is not ready (%v); start it with integration/scripts/start-%s.sh or `make servers`", r, err, r)
+		script := r
+		if cfg.topology == topoCluster {
+			script += "-cluster"
+		}
+		for _, url := range urls {
+			var ignored any
+			if err := getJSON(ctx, url, &ignored); err != nil {
+				return fmt.Errorf("%s is not ready (%v); start it with integration/scripts/start-%s.sh or `make servers`", script, err, script)
+			}
 		}
 	}
 	return nil

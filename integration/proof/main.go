@@ -5,6 +5,7 @@
 // and shows the last results.
 //
 //	go run ./integration/proof -rounds 3 -out /tmp/lameduck-proof
+//	go run ./integration/proof -topology cluster -rounds 3 -out /tmp/lameduck-proof-cluster
 //
 // For each registry and strategy it starts the service's instances
 // (integration/proof/demosvc), consumers that discover them with the
@@ -13,7 +14,20 @@
 // requests per second with one long-lived stream per consumer. It then
 // restarts every instance -rounds times, one after the other, taking each
 // offline the strategy's way and waiting for its replacement to be seen by
-// every consumer:
+// every consumer.
+//
+// -topology standalone (the default) runs against one Consul agent (-consul)
+// and one standalone Nacos (-nacos). -topology cluster runs against the
+// clusters of integration/scripts/start-consul-cluster.sh and
+// start-nacos-cluster.sh: on Consul, every instance registers through the
+// first client agent of -consul-cluster-clients, lameduck confirms through
+// every server (consul://AGENT?confirm=servers), and the consumers watch
+// through the other client agents (default consistency) and directly on
+// each server (?stale, the server's own state), never through the
+// instances' agent; on Nacos, instances register through the cluster URL
+// (nacos://NODE,NODE,NODE: the SDK connects to one node, lameduck confirms
+// through every node's push) and the consumers connect to one node each,
+// spread over every node. The strategies:
 //
 //	naive    SIGTERM; the app exits at once, the platform deregisters it
 //	sleep    deregister, sleep -sleep (15s, the preStop habit), SIGTERM,
@@ -38,6 +52,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -53,6 +68,7 @@ import (
 type config struct {
 	registries    []string
 	strategies    []string
+	topology      string // standalone or cluster
 	rounds        int
 	rps           int
 	consumers     int
@@ -67,6 +83,9 @@ type config struct {
 	consulAddr    string
 	consulToken   string
 	nacosAddr     string
+	consulServers []string // cluster: the servers' HTTP addresses
+	consulClients []string // cluster: the client agents' HTTP addresses; instances use the first
+	nacosNodes    []string // cluster: every node's HTTP address
 	nacosUser     string
 	nacosPassword string
 	bins          struct{ demo, lameduck string }
@@ -86,9 +105,16 @@ type configJSON struct {
 	Follow     bool     `json:"stream_follow"`
 	PrestopQ   string   `json:"prestop_quiet,omitempty"`
 	ConnWait   string   `json:"conn_wait,omitempty"` // prestop's and run's --conn-wait, when passed
-	ConsulAddr string   `json:"consul"`
-	NacosAddr  string   `json:"nacos"`
-	Workload   string   `json:"workload"`
+	Topology   string   `json:"topology"`
+	ConsulAddr string   `json:"consul"` // the agent instances register through
+	NacosAddr  string   `json:"nacos"`  // the node, or the comma-separated nodes, instances register through
+	// Cluster topology: the registry URL the lameduck ways get, and where
+	// each consumer watches (consumer k uses entry k mod len).
+	ConsulURL       string   `json:"consul_url,omitempty"`
+	NacosURL        string   `json:"nacos_url,omitempty"`
+	ConsulConsumers []string `json:"consul_consumers,omitempty"`
+	NacosConsumers  []string `json:"nacos_consumers,omitempty"`
+	Workload        string   `json:"workload"`
 }
 
 const workload = "POST /work: 90% 1-10ms, 8% 10-100ms, 2% 100ms-2s (uniform within each); one SSE stream per consumer"
@@ -114,6 +140,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&cfg.out, "out", filepath.Join(os.TempDir(), "lameduck-proof"), "directory for proof.json and the timeline SVGs")
 	fs.StringVar(&cfg.consulAddr, "consul", envOr("CONSUL_HTTP_ADDR", "127.0.0.1:8500"), "Consul agent's HTTP address (CONSUL_HTTP_ADDR)")
 	fs.StringVar(&cfg.nacosAddr, "nacos", envOr("NACOS_ADDR", "127.0.0.1:8848"), "Nacos server's HTTP address (NACOS_ADDR)")
+	fs.StringVar(&cfg.topology, "topology", topoStandalone, "standalone (one Consul agent, one Nacos) or cluster (the Consul and Nacos clusters below)")
+	servers := fs.String("consul-cluster-servers", envOr("CONSUL_CLUSTER_SERVERS", "127.0.0.11:8500,127.0.0.12:8500,127.0.0.13:8500"),
+		"-topology cluster: the Consul servers' HTTP addresses, comma-separated (CONSUL_CLUSTER_SERVERS); consumers watch on each")
+	clients := fs.String("consul-cluster-clients", envOr("CONSUL_CLUSTER_CLIENTS", "127.0.0.21:8500,127.0.0.22:8500"),
+		"-topology cluster: the Consul client agents' HTTP addresses, comma-separated (CONSUL_CLUSTER_CLIENTS); instances register through the first, consumers watch through the others")
+	nodes := fs.String("nacos-cluster", envOr("NACOS_CLUSTER_ADDRS", "127.0.0.1:8858,127.0.0.1:8868,127.0.0.1:8878"),
+		"-topology cluster: the Nacos nodes' HTTP addresses, comma-separated (NACOS_CLUSTER_ADDRS)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stderr, "usage: go run ./integration/proof [flags]   (see BENCHMARKS.md)")
@@ -159,13 +192,149 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		return nil, bad("-conn-wait %v: want a duration of 0 or more", cfg.connWait)
 	case cfg.out == "":
 		return nil, bad("-out: give a directory for the results")
+	case cfg.topology != topoStandalone && cfg.topology != topoCluster:
+		return nil, bad("-topology %q: want %s or %s", cfg.topology, topoStandalone, topoCluster)
 	}
 	for name, addr := range map[string]string{"-consul": cfg.consulAddr, "-nacos": cfg.nacosAddr} {
 		if err := checkLoopback(addr); err != nil {
 			return nil, bad("%s %q: %v", name, addr, err)
 		}
 	}
+	if cfg.topology == topoCluster {
+		for _, f := range []struct {
+			name string
+			val  string
+			min  int
+			dst  *[]string
+		}{
+			{"-consul-cluster-servers", *servers, 1, &cfg.consulServers},
+			{"-consul-cluster-clients", *clients, 1, &cfg.consulClients},
+			{"-nacos-cluster", *nodes, 2, &cfg.nacosNodes},
+		} {
+			addrs, err := addrList(f.val)
+			if err != nil {
+				return nil, bad("%s %q: %v", f.name, f.val, err)
+			}
+			if len(addrs) < f.min {
+				return nil, bad("%s %q: want at least %d address(es)", f.name, f.val, f.min)
+			}
+			*f.dst = addrs
+		}
+		for _, s := range cfg.consulServers {
+			if slices.Contains(cfg.consulClients, s) {
+				return nil, bad("-consul-cluster-clients: %s is also a server; list the client agents only", s)
+			}
+		}
+	}
 	return cfg, nil
+}
+
+// The topologies.
+const (
+	topoStandalone = "standalone"
+	topoCluster    = "cluster"
+)
+
+// addrList parses a comma-separated list of distinct loopback host:port.
+func addrList(s string) ([]string, error) {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if err := checkLoopback(a); err != nil {
+			return nil, fmt.Errorf("%s: %v", a, err)
+		}
+		if slices.Contains(out, a) {
+			return nil, fmt.Errorf("%s is listed twice", a)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// consulAgent is the agent the instances register through.
+func (cfg *config) consulAgent() string {
+	if cfg.topology == topoCluster {
+		return cfg.consulClients[0]
+	}
+	return cfg.consulAddr
+}
+
+// consulURL is the registry URL the lameduck ways get.
+func (cfg *config) consulURL() string {
+	if cfg.topology == topoCluster {
+		return "consul://" + cfg.consulAgent() + "?confirm=servers"
+	}
+	return "consul://" + cfg.consulAddr
+}
+
+// consulWatchPoint is where one consumer watches Consul.
+type consulWatchPoint struct {
+	addr  string
+	stale bool // ?stale: the server's own state, not the leader's
+}
+
+func (p consulWatchPoint) String() string {
+	if p.stale {
+		return p.addr + " (stale)"
+	}
+	return p.addr + " (default)"
+}
+
+// consulWatchPoints lists where the consumers watch, consumer k at entry k
+// mod len. In a cluster, never through the instances' agent: the other
+// client agents in the default consistency mode, then every server with
+// ?stale, so that each consumer sees its own server's state.
+func (cfg *config) consulWatchPoints() []consulWatchPoint {
+	if cfg.topology != topoCluster {
+		return []consulWatchPoint{{addr: cfg.consulAddr}}
+	}
+	var out []consulWatchPoint
+	for _, a := range cfg.consulClients[1:] {
+		out = append(out, consulWatchPoint{addr: a})
+	}
+	for _, a := range cfg.consulServers {
+		out = append(out, consulWatchPoint{addr: a, stale: true})
+	}
+	return out
+}
+
+// nacosRegNodes are the nodes the instances register through: the SDK
+// connects to one of them.
+func (cfg *config) nacosRegNodes() []string {
+	if cfg.topology == topoCluster {
+		return cfg.nacosNodes
+	}
+	return []string{cfg.nacosAddr}
+}
+
+// nacosURL is the registry URL the lameduck ways get.
+func (cfg *config) nacosURL() string { return "nacos://" + strings.Join(cfg.nacosRegNodes(), ",") }
+
+// nacosWatchPoints lists the node each consumer connects to (consumer k at
+// entry k mod len): every node in turn.
+func (cfg *config) nacosWatchPoints() []string { return cfg.nacosRegNodes() }
+
+// consumerPlaces says where each consumer watches registry in a cluster,
+// for the report; nil in the standalone topology.
+func (cfg *config) consumerPlaces(registry string) []string {
+	if cfg.topology != topoCluster {
+		return nil
+	}
+	var out []string
+	for k := range cfg.consumers {
+		switch registry {
+		case "consul":
+			ps := cfg.consulWatchPoints()
+			out = append(out, ps[k%len(ps)].String())
+		case "nacos":
+			ps := cfg.nacosWatchPoints()
+			out = append(out, ps[k%len(ps)])
+		}
+	}
+	return out
 }
 
 // list parses a comma-separated list of known names, keeping the order of
@@ -201,7 +370,7 @@ func checkLoopback(addr string) error {
 	if err != nil {
 		return err
 	}
-	if host != "127.0.0.1" && host != "localhost" && host != "::1" {
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		return errors.New("want a loopback address such as 127.0.0.1:" + strconv.Itoa(port))
 	}
 	return nil
@@ -267,8 +436,15 @@ func run(ctx context.Context, cfg *config, w io.Writer) (bool, error) {
 	}
 	m := describeMachine(ctx, cfg)
 	fmt.Fprintf(w, "proof: %s\n", m)
-	fmt.Fprintf(w, "proof: %d rounds x %d instances, %d rps per registry, %d consumers, strategies %s, registries %s\n",
-		cfg.rounds, cfg.instances, cfg.rps, cfg.consumers, strings.Join(cfg.strategies, ","), strings.Join(cfg.registries, ","))
+	fmt.Fprintf(w, "proof: %d rounds x %d instances, %d rps per registry, %d consumers, strategies %s, registries %s, topology %s\n",
+		cfg.rounds, cfg.instances, cfg.rps, cfg.consumers, strings.Join(cfg.strategies, ","), strings.Join(cfg.registries, ","), cfg.topology)
+	if cfg.topology == topoCluster {
+		for _, reg := range cfg.registries {
+			url := map[string]string{"consul": cfg.consulURL(), "nacos": cfg.nacosURL()}[reg]
+			fmt.Fprintf(w, "proof: %s cluster: instances and lameduck on %s; consumers on %s\n",
+				reg, url, strings.Join(cfg.consumerPlaces(reg), ", "))
+		}
+	}
 
 	runID := strconv.FormatInt(time.Now().Unix()%1_000_000, 36) + strconv.Itoa(os.Getpid()%1000)
 	var ps ports
@@ -283,7 +459,7 @@ func run(ctx context.Context, cfg *config, w io.Writer) (bool, error) {
 			logf("proof: %s, %s", regName, strategyTitle[s])
 			r := &runner{
 				cfg: cfg, tgt: tgt, strategy: s, ports: &ps, log: logf,
-				service: fmt.Sprintf("proof-%s-%s-%s", runID, regName, s),
+				service: fmt.Sprintf("proof-%s-%s%s-%s", runID, regName, map[string]string{topoCluster: "-cl"}[cfg.topology], s),
 			}
 			res, err := r.run(ctx)
 			if err != nil {
@@ -318,13 +494,18 @@ func run(ctx context.Context, cfg *config, w io.Writer) (bool, error) {
 		Config: configJSON{
 			Registries: cfg.registries, Strategies: cfg.strategies, Rounds: cfg.rounds, RPS: cfg.rps,
 			Consumers: cfg.consumers, Instances: cfg.instances, SleepMS: cfg.sleep.Milliseconds(),
-			SettleMS: cfg.settle.Milliseconds(), Follow: cfg.streamFollow, PrestopQ: prestopQuiet, ConnWait: connWait, ConsulAddr: cfg.consulAddr, NacosAddr: cfg.nacosAddr, Workload: workload,
+			SettleMS: cfg.settle.Milliseconds(), Follow: cfg.streamFollow, PrestopQ: prestopQuiet, ConnWait: connWait,
+			Topology: cfg.topology, ConsulAddr: cfg.consulAgent(), NacosAddr: strings.Join(cfg.nacosRegNodes(), ","), Workload: workload,
 		},
+	}
+	if cfg.topology == topoCluster {
+		res.Config.ConsulURL, res.Config.NacosURL = cfg.consulURL(), cfg.nacosURL()
+		res.Config.ConsulConsumers, res.Config.NacosConsumers = cfg.consumerPlaces("consul"), cfg.consumerPlaces("nacos")
 	}
 	fmt.Fprintln(w)
 	printSummary(w, runs)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "claims:")
+	fmt.Fprintf(w, "claims (%s topology):\n", cfg.topology)
 	printVerdicts(w, vs)
 	jsonPath := filepath.Join(cfg.out, "proof.json")
 	if err := writeJSON(jsonPath, res); err != nil {
@@ -346,17 +527,17 @@ func run(ctx context.Context, cfg *config, w io.Writer) (bool, error) {
 func openTarget(cfg *config, name, tmp string) (*target, error) {
 	switch name {
 	case "consul":
-		p, err := newConsulPlatform(cfg.consulAddr, cfg.consulToken)
+		p, err := newConsulPlatform(cfg.consulAgent(), cfg.consulToken)
 		if err != nil {
 			return nil, err
 		}
-		return &target{name: name, url: "consul://" + cfg.consulAddr, platform: p, watch: consulWatchFactory(cfg)}, nil
+		return &target{name: name, url: cfg.consulURL(), platform: p, watch: consulWatchFactory(cfg)}, nil
 	case "nacos":
-		p, err := newNacosPlatform(cfg.nacosAddr, cfg.nacosUser, cfg.nacosPassword, tmp)
+		p, err := newNacosPlatform(cfg.nacosRegNodes(), cfg.nacosUser, cfg.nacosPassword, tmp)
 		if err != nil {
 			return nil, err
 		}
-		return &target{name: name, url: "nacos://" + cfg.nacosAddr, platform: p, watch: nacosWatchFactory(cfg, tmp)}, nil
+		return &target{name: name, url: cfg.nacosURL(), platform: p, watch: nacosWatchFactory(cfg, tmp)}, nil
 	}
 	return nil, fmt.Errorf("unknown registry %q", name)
 }

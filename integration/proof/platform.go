@@ -47,11 +47,12 @@ func (p *consulPlatform) close() {}
 
 // nacosPlatform registers ephemeral instances over one SDK connection, the
 // lameduck Nacos backend's (which publishes the connection's whole set of
-// instances on every change, as Nacos 2+ requires).
+// instances on every change, as Nacos 2+ requires). Given a cluster's
+// nodes, the SDK connects to one of them and fails over to another.
 type nacosPlatform struct{ r *nacos.Registry }
 
-func newNacosPlatform(addr, user, password, dir string) (*nacosPlatform, error) {
-	r, err := nacos.New(nacos.WithAddress(addr), nacos.WithCredentials(user, password),
+func newNacosPlatform(nodes []string, user, password, dir string) (*nacosPlatform, error) {
+	r, err := nacos.New(nacos.WithAddresses(nodes...), nacos.WithCredentials(user, password),
 		nacos.WithDataDir(filepath.Join(dir, "nacos-platform")))
 	if err != nil {
 		return nil, err

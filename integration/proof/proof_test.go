@@ -47,6 +47,12 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"-out", ""}, "-out"},
 		{[]string{"-prestop-quiet", "-1s"}, "-prestop-quiet"},
 		{[]string{"-conn-wait", "-2s"}, "-conn-wait"},
+		{[]string{"-topology", "mesh"}, `-topology "mesh"`},
+		{[]string{"-topology", "cluster", "-consul-cluster-servers", "10.0.0.11:8500"}, "loopback"},
+		{[]string{"-topology", "cluster", "-consul-cluster-clients", ","}, "at least 1"},
+		{[]string{"-topology", "cluster", "-consul-cluster-clients", "127.0.0.11:8500"}, "also a server"},
+		{[]string{"-topology", "cluster", "-nacos-cluster", "127.0.0.1:8858"}, "at least 2"},
+		{[]string{"-topology", "cluster", "-nacos-cluster", "127.0.0.1:8858,127.0.0.1:8858"}, "listed twice"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 		{[]string{"-no-such-flag"}, "not defined"},
 	} {
@@ -60,6 +66,42 @@ func TestParseFlags(t *testing.T) {
 				t.Errorf("want a one-line error, got %q", err)
 			}
 		})
+	}
+}
+
+func TestTopology(t *testing.T) {
+	t.Setenv("CONSUL_CLUSTER_SERVERS", "")
+	t.Setenv("CONSUL_CLUSTER_CLIENTS", "")
+	t.Setenv("NACOS_CLUSTER_ADDRS", "")
+	cfg, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.topology != topoStandalone || cfg.consulURL() != "consul://127.0.0.1:8500" || cfg.nacosURL() != "nacos://127.0.0.1:8848" ||
+		len(cfg.consulWatchPoints()) != 1 || cfg.consulWatchPoints()[0].stale || cfg.consumerPlaces("consul") != nil {
+		t.Errorf("standalone: want one agent and one Nacos for everything, got %s, %s, %v", cfg.consulURL(), cfg.nacosURL(), cfg.consulWatchPoints())
+	}
+	cfg, err = parseFlags([]string{"-topology", "cluster"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.consulURL(), "consul://127.0.0.21:8500?confirm=servers"; got != want {
+		t.Errorf("cluster consul URL: want %s, got %s", want, got)
+	}
+	if got, want := cfg.nacosURL(), "nacos://127.0.0.1:8858,127.0.0.1:8868,127.0.0.1:8878"; got != want {
+		t.Errorf("cluster nacos URL: want %s, got %s", want, got)
+	}
+	if got, want := strings.Join(cfg.consumerPlaces("consul"), ", "),
+		"127.0.0.22:8500 (default), 127.0.0.11:8500 (stale), 127.0.0.12:8500 (stale), 127.0.0.13:8500 (stale)"; got != want {
+		t.Errorf("cluster consul consumers: want %s, got %s", want, got)
+	}
+	if got, want := strings.Join(cfg.consumerPlaces("nacos"), ","), "127.0.0.1:8858,127.0.0.1:8868,127.0.0.1:8878,127.0.0.1:8858"; got != want {
+		t.Errorf("cluster nacos consumers: want %s, got %s", want, got)
+	}
+	for _, p := range cfg.consulWatchPoints() {
+		if p.addr == cfg.consulAgent() {
+			t.Errorf("a consumer watches through the instances' agent %s", p.addr)
+		}
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 // strategyRun is one strategy's rolling restarts on one registry.
 type strategyRun struct {
 	Registry      string    `json:"registry"`
+	Topology      string    `json:"topology"`
 	Strategy      string    `json:"strategy"`
 	Title         string    `json:"title"`
 	Service       string    `json:"service"`
@@ -129,10 +130,10 @@ func verdicts(runs []*strategyRun) []verdict {
 // strategy.
 func printSummary(w io.Writer, runs []*strategyRun) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "registry\tstrategy\tclean\trequests\tfailed\tstreams\tcut\trate/s\toffline\tP\tL\toverhead\tmax overhead\t")
+	fmt.Fprintln(tw, "registry\ttopology\tstrategy\tclean\trequests\tfailed\tstreams\tcut\trate/s\toffline\tP\tL\toverhead\tmax overhead\t")
 	for _, r := range runs {
-		fmt.Fprintf(tw, "%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n",
-			r.Registry, r.Strategy, len(r.Offlines)-r.OfflineErrors, len(r.Offlines), r.Totals.Requests, r.Totals.Failed,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%d\t%d\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n",
+			r.Registry, r.Topology, r.Strategy, len(r.Offlines)-r.OfflineErrors, len(r.Offlines), r.Totals.Requests, r.Totals.Failed,
 			r.Totals.Streams, r.Totals.StreamCut+r.Totals.StreamNoOpen, r.RatePerSecond,
 			fmtMS(r.MedianOfflineMS), fmtMS(r.MedianPMS), fmtMS(r.MedianLMS), fmtMS(r.MedianOverheadMS), fmtMS(r.MaxOverheadMS))
 	}

@@ -387,7 +387,7 @@ func (r *runner) takeOffline(ctx context.Context, x *instance, round, slot int, 
 	if smp != nil {
 		_ = sleep(ctx, sampleMargin)
 		o.timeline = &timeline{
-			Registry: r.tgt.name, Strategy: r.strategy, Endpoint: o.Endpoint,
+			Registry: r.tgt.name, Topology: r.cfg.topology, Strategy: r.strategy, Endpoint: o.Endpoint,
 			Samples: smp.stop(t0), Consumers: rel(x.ep.gone(), t0),
 			OfflineMS: o.OfflineMS, PMS: o.PMS, LMS: o.LMS, OverheadMS: o.OverheadMS,
 		}
@@ -531,7 +531,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 // registry: set up, warm up, rounds × instances offlines with a replacement
 // after each, cool down, tear down.
 func (r *runner) run(ctx context.Context) (*strategyRun, error) {
-	res := &strategyRun{Registry: r.tgt.name, Strategy: r.strategy, Title: strategyTitle[r.strategy], Service: r.service}
+	res := &strategyRun{Registry: r.tgt.name, Topology: r.cfg.topology, Strategy: r.strategy, Title: strategyTitle[r.strategy], Service: r.service}
 	started := time.Now()
 	defer r.tearDown()
 	insts, err := r.setUp(ctx)
@@ -591,16 +591,22 @@ func errSuffix(s string) string {
 }
 
 // nacosWatchFactory makes one SDK client per consumer, each with its own
-// cache and log directory under dir.
+// cache and log directory under dir, connected to one node: consumer k to
+// the k-th node (mod their number).
 func nacosWatchFactory(cfg *config, dir string) func(string, int, func([]string)) (watch, error) {
+	nodes := cfg.nacosWatchPoints()
 	return func(service string, k int, update func([]string)) (watch, error) {
-		return startNacosWatch(cfg.nacosAddr, cfg.nacosUser, cfg.nacosPassword,
+		return startNacosWatch(nodes[k%len(nodes)], cfg.nacosUser, cfg.nacosPassword,
 			filepath.Join(dir, fmt.Sprintf("nacos-consumer-%s-%d", service, k)), service, update)
 	}
 }
 
+// consulWatchFactory makes one API client per consumer: consumer k watches
+// at the k-th watch point (mod their number).
 func consulWatchFactory(cfg *config) func(string, int, func([]string)) (watch, error) {
-	return func(service string, _ int, update func([]string)) (watch, error) {
-		return startConsulWatch(cfg.consulAddr, cfg.consulToken, service, update)
+	points := cfg.consulWatchPoints()
+	return func(service string, k int, update func([]string)) (watch, error) {
+		p := points[k%len(points)]
+		return startConsulWatch(p.addr, cfg.consulToken, p.stale, service, update)
 	}
 }

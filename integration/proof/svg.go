@@ -13,6 +13,7 @@ import (
 // (SIGTERM).
 type timeline struct {
 	Registry   string          `json:"registry"`
+	Topology   string          `json:"topology"`
 	Strategy   string          `json:"strategy"`
 	Endpoint   string          `json:"endpoint"`
 	File       string          `json:"svg"`
@@ -101,7 +102,11 @@ func (t *timeline) svg() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="12">`+"\n", w, h, w, h)
 	fmt.Fprintf(&b, `<rect width="%.0f" height="%.0f" fill="white"/>`+"\n", w, h)
-	title := fmt.Sprintf("lameduck (%s) on %s: one instance's offline under load (%s)", t.Strategy, registryTitle(t.Registry), t.Endpoint)
+	on := registryTitle(t.Registry)
+	if t.Topology == topoCluster {
+		on += " (cluster)"
+	}
+	title := fmt.Sprintf("lameduck (%s) on %s: one instance's offline under load (%s)", t.Strategy, on, t.Endpoint)
 	fmt.Fprintf(&b, `<text x="%.0f" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", left, esc(title))
 	sub := fmt.Sprintf("offline %s, P %s (last consumer drops it), L %s (last reply), overhead %s = offline - max(P, L)",
 		fmtMS(t.OfflineMS), fmtMS(t.PMS), fmtMS(t.LMS), fmtMS(t.OverheadMS))
