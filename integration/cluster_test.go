@@ -323,7 +323,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // agent; Nacos: through every node). It fails if any consumer still saw the
 // instance after the confirmation through every Consul agent or Nacos node. BENCHMARKS.md has the figures; run it alone to read them:
 //
-//	LAMEDUCK_CLUSTER_ROUNDS=50 go test ./integration -run TestClusterConfirmationGap -v -count=1
+//	LAMEDUCK_CLUSTER_ROUNDS=50 LAMEDUCK_CLUSTER_TOLERANCE=0 go test ./integration -run TestClusterConfirmationGap -v -count=1
 func TestClusterConfirmationGap(t *testing.T) {
 	rounds := clusterRounds(t)
 	t.Run("consul", func(t *testing.T) {
@@ -368,11 +368,16 @@ func TestClusterConfirmationGap(t *testing.T) {
 
 // tolerance is how late a consumer may drop the instance after the
 // confirmation through every server and still pass:
-// LAMEDUCK_CLUSTER_TOLERANCE, default 0.
+// LAMEDUCK_CLUSTER_TOLERANCE, default 25ms. A consumer on the same server as
+// a view learns of the change up to 25 ms after the view on a loaded 2-core
+// machine, which GoneOptions.Settle (50 ms) covers; the default keeps CI from
+// failing on a machine busier still, and still fails on a confirmation taken
+// on one node (Nacos: 1.1 s early) or through the Consul servers alone (up
+// to 37 ms early). BENCHMARKS.md's figures are taken with 0.
 func tolerance(t *testing.T) time.Duration {
 	s := os.Getenv("LAMEDUCK_CLUSTER_TOLERANCE")
 	if s == "" {
-		return 0
+		return 25 * time.Millisecond
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {

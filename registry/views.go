@@ -91,9 +91,9 @@ type GoneOptions struct {
 	// Settle is how long every view must stay clear before the watch
 	// confirms. A server answers its watchers one after another, so the
 	// view and a consumer on the same server learn of a change in either
-	// order: 3.4 ms apart at most over the measurements in BENCHMARKS.md
-	// (Consul and Nacos clusters on loopback). Default 25ms; it applies
-	// only when there are views.
+	// order: 3.4 ms apart at most on an idle machine, 25.2 ms under a load
+	// average of 12 on 2 cores (BENCHMARKS.md, Consul and Nacos clusters on
+	// loopback). Default 50ms; it applies only when there are views.
 	Settle time.Duration
 }
 
@@ -105,6 +105,6 @@ func (o *GoneOptions) setDefaults() {
 		o.RemoveAgainAfter = 3 * time.Second
 	}
 	if o.Settle <= 0 {
-		o.Settle = 25 * time.Millisecond
+		o.Settle = 50 * time.Millisecond
 	}
 }
