@@ -44,6 +44,9 @@ type registryResult struct {
 	State            string `json:"state"`
 	ConfirmLatencyMS int64  `json:"confirm_latency_ms"`
 	Error            string `json:"error,omitempty"`
+	// Servers is where each server of a clustered registry stood (see
+	// ?confirm= and multi-node nacos:// URLs).
+	Servers []drain.ServerStatus `json:"servers,omitempty"`
 }
 
 func offlineFlags() []ucli.Flag {
@@ -309,7 +312,7 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 	coord.Start()
 	rep, regErr := coord.Wait(context.Background())
 	for _, r := range rep.Registries {
-		res.Registries = append(res.Registries, registryResult{Name: r.Name, State: r.State, ConfirmLatencyMS: r.ConfirmLatency.Milliseconds(), Error: r.Error})
+		res.Registries = append(res.Registries, registryResult{Name: r.Name, State: r.State, ConfirmLatencyMS: r.ConfirmLatency.Milliseconds(), Error: r.Error, Servers: r.Servers})
 	}
 	if regErr != nil {
 		progress.say("Draining", "registries not all confirmed; draining anyway")

@@ -103,7 +103,9 @@ type GoneWatch struct {
 	wake   chan struct{} // capacity 1: a view changed
 	mu     sync.Mutex    // guards views' fields and downs
 	downs  int           // how many times a view went down
-	evMu   sync.Mutex    // serialises OnView
+	// downsAtOpen is downs when WatchGone returned.
+	downsAtOpen int
+	evMu        sync.Mutex // serialises OnView
 }
 
 // viewState is what one view last showed. Its fields are guarded by the
@@ -181,6 +183,9 @@ func WatchGone(ctx context.Context, r Registry, i Instance, o GoneOptions) (*Gon
 	for _, vs := range g.views {
 		g.present = g.present || vs.listed
 	}
+	// A view down before the change cannot be the server that took it and
+	// died: only later deaths make Wait remove the instance again at once.
+	g.downsAtOpen = g.downs
 	g.mu.Unlock()
 	return g, nil
 }
@@ -307,7 +312,9 @@ func (g *GoneWatch) Wait(ctx context.Context) error {
 	}
 	began := time.Now()
 	var lastAgain time.Time
-	downsAtAgain := 0
+	g.mu.Lock()
+	downsAtAgain := g.downsAtOpen
+	g.mu.Unlock()
 	timer := time.NewTimer(g.o.RemoveAgainAfter)
 	defer timer.Stop()
 	// settle ticks once every view has been clear for Settle.
