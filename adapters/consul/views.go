@@ -61,37 +61,12 @@ var _ registry.Viewer = (*Registry)(nil)
 // none is set.
 func (r *Registry) Views(ctx context.Context) ([]registry.View, error) {
 	addrs := append([]string(nil), r.o.confirm...)
-	if r.o.confirmServers {
-		peers, err := r.c.StatusPeers((&api.QueryOptions{}).WithContext(ctx))
+	if r.o.confirmServers || r.o.confirmAgents {
+		found, err := r.discover(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("consul: ask %s for the servers to confirm through: %w; list them with ?confirm=host:port,... instead", r.name, err)
+			return nil, err
 		}
-		_, port, err := net.SplitHostPort(r.agentAddr())
-		if err != nil {
-			return nil, fmt.Errorf("consul: agent address %q has no port to reach the servers on; list them with ?confirm=host:port,...", r.agentAddr())
-		}
-		for _, p := range peers {
-			host, _, err := net.SplitHostPort(p)
-			if err != nil {
-				return nil, fmt.Errorf("consul: raft peer %q is not host:port", p)
-			}
-			addrs = append(addrs, net.JoinHostPort(host, port))
-		}
-	}
-	if r.o.confirmAgents {
-		members, err := r.c.LANMembers((&api.QueryOptions{}).WithContext(ctx))
-		if err != nil {
-			return nil, fmt.Errorf("consul: ask %s for the agents to confirm through: %w; list them with ?confirm=host:port,... instead", r.name, err)
-		}
-		_, port, err := net.SplitHostPort(r.agentAddr())
-		if err != nil {
-			return nil, fmt.Errorf("consul: agent address %q has no port to reach the agents on; list them with ?confirm=host:port,...", r.agentAddr())
-		}
-		for _, m := range members {
-			if m.Status == memberAlive && m.Addr != "" {
-				addrs = append(addrs, net.JoinHostPort(m.Addr, port))
-			}
-		}
+		addrs = append(addrs, found...)
 	}
 	var out []registry.View
 	seen := map[string]bool{}
@@ -105,6 +80,45 @@ func (r *Registry) Views(ctx context.Context) ([]registry.View, error) {
 			return nil, err
 		}
 		out = append(out, v)
+	}
+	return out, nil
+}
+
+// discover asks the agent for the raft peers and the live LAN members, as
+// set, and returns their hosts at the agent's own HTTP port.
+func (r *Registry) discover(ctx context.Context) ([]string, error) {
+	_, port, err := net.SplitHostPort(r.agentAddr())
+	if err != nil {
+		return nil, fmt.Errorf("consul: agent address %q has no port to reach the other agents on; list them with ?confirm=host:port,...", r.agentAddr())
+	}
+	var hosts []string
+	if r.o.confirmServers {
+		peers, err := r.c.StatusPeers((&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return nil, fmt.Errorf("consul: ask %s for the servers to confirm through: %w; list them with ?confirm=host:port,... instead", r.name, err)
+		}
+		for _, p := range peers {
+			host, _, err := net.SplitHostPort(p)
+			if err != nil {
+				return nil, fmt.Errorf("consul: raft peer %q is not host:port", p)
+			}
+			hosts = append(hosts, host)
+		}
+	}
+	if r.o.confirmAgents {
+		members, err := r.c.LANMembers((&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return nil, fmt.Errorf("consul: ask %s for the agents to confirm through: %w; list them with ?confirm=host:port,... instead", r.name, err)
+		}
+		for _, m := range members {
+			if m.Status == memberAlive && m.Addr != "" {
+				hosts = append(hosts, m.Addr)
+			}
+		}
+	}
+	out := make([]string, len(hosts))
+	for k, h := range hosts {
+		out[k] = net.JoinHostPort(h, port)
 	}
 	return out, nil
 }
