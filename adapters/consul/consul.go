@@ -124,9 +124,9 @@ type options struct {
 	backoff    backoff.Policy
 	client     client
 
-	confirm        []string                  // servers to confirm through, host:port
-	confirmServers bool                      // and every server in the raft peer set
-	confirmAgents  bool                      // and every live agent of the LAN pool
+	confirm        []string                 // servers to confirm through, host:port
+	confirmServers bool                     // and every server in the raft peer set
+	confirmAgents  bool                     // and every live agent of the LAN pool
 	viewClient     func(addr string) client // for unit tests; nil: the SDK
 }
 

@@ -33,9 +33,9 @@ type watcher struct {
 	// leader's; failFast returns a failed query's error instead of
 	// retrying. Both are set for a view (see views.go).
 	stale, failFast bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	stop    sync.Once
+	ctx             context.Context
+	cancel          context.CancelFunc
+	stop            sync.Once
 
 	index   uint64
 	last    []registry.Instance
