@@ -35,7 +35,7 @@ type clusterFault struct {
 	load     *e2eLoad
 	apps     []*e2eApp
 	live     []func(ctx context.Context, service string) ([]string, error) // every member that stays up: its list of endpoints
-	killed   func(ctx context.Context, service string) ([]string, error) // the killed member's, once healed
+	killed   func(ctx context.Context, service string) ([]string, error)   // the killed member's, once healed
 	heal     func()
 	service  string
 	killedAs string // the member's name, for messages
