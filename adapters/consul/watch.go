@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -148,7 +147,7 @@ func toInstances(service string, entries []*api.ServiceEntry) []registry.Instanc
 		}
 		out = append(out, in)
 	}
-	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	slices.SortFunc(out, func(a, b registry.Instance) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -156,6 +155,6 @@ func toInstances(service string, entries []*api.ServiceEntry) []registry.Instanc
 func sameSet(a, b []registry.Instance) bool {
 	return slices.EqualFunc(a, b, func(x, y registry.Instance) bool {
 		return x.ID == y.ID && x.Address == y.Address && x.Port == y.Port &&
-			x.Weight == y.Weight && strings.Join(x.Tags, ",") == strings.Join(y.Tags, ",")
+			x.Weight == y.Weight && slices.Equal(x.Tags, y.Tags)
 	})
 }

@@ -1,10 +1,11 @@
 package nacos
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
-	"sort"
+	"strings"
 	"sync"
 
 	"github.com/nacos-group/nacos-sdk-go/v2/model"
@@ -98,6 +99,10 @@ func (w *watcher) Stop() error {
 }
 
 // toInstances keeps what consumers route to: enabled, healthy, weight > 0.
+// It runs on every push, over the whole service (thousands of instances):
+// the metadata map is shared with the SDK's, which decodes a fresh one per
+// push, unless lameduck's ID has to be taken out of it, and the sort builds
+// no strings.
 func toInstances(service string, hosts []model.Instance) []registry.Instance {
 	out := make([]registry.Instance, 0, len(hosts))
 	for _, h := range hosts {
@@ -105,11 +110,12 @@ func toInstances(service string, hosts []model.Instance) []registry.Instance {
 			continue
 		}
 		in := registry.Instance{
-			Service: service, ID: h.Metadata[MetaID], Address: h.Ip, Port: int(h.Port),
-			Cluster: h.ClusterName, Weight: h.Weight,
+			Service: service, Address: h.Ip, Port: int(h.Port),
+			Cluster: h.ClusterName, Weight: h.Weight, Metadata: h.Metadata,
 		}
-		if len(h.Metadata) > 0 {
-			in.Metadata = make(map[string]string, len(h.Metadata))
+		if id, ok := h.Metadata[MetaID]; ok {
+			in.ID = id
+			in.Metadata = make(map[string]string, len(h.Metadata)-1)
 			for k, v := range h.Metadata {
 				if k != MetaID {
 					in.Metadata[k] = v
@@ -118,7 +124,9 @@ func toInstances(service string, hosts []model.Instance) []registry.Instance {
 		}
 		out = append(out, in)
 	}
-	sort.Slice(out, func(a, b int) bool { return out[a].Endpoint() < out[b].Endpoint() })
+	slices.SortFunc(out, func(a, b registry.Instance) int {
+		return cmp.Or(strings.Compare(a.Address, b.Address), cmp.Compare(a.Port, b.Port), strings.Compare(a.Cluster, b.Cluster))
+	})
 	return out
 }
 
