@@ -31,30 +31,24 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-HOST=127.0.0.1
+# shellcheck source-path=SCRIPTDIR source=nacos-lib.sh
+. "$SCRIPT_DIR/nacos-lib.sh"
 PORTS_SPEC="${NACOS_CLUSTER_PORTS:-8858 8868 8878}"
 read -r -a PORTS <<<"${PORTS_SPEC//,/ }"
 STANDALONE_PORT="${NACOS_PORT:-8848}"
-CONTEXT_PATH=/nacos
 USERNAME="${NACOS_USERNAME:-nacos}"
 PASSWORD="${NACOS_PASSWORD:-lameduck-nacos-pw}"
 ADMIN_PASSWORD="${NACOS_ADMIN_PASSWORD:-$PASSWORD}"
 TIMEOUT="${NACOS_CLUSTER_START_TIMEOUT:-300}"
 AUTH_CACHING="${NACOS_AUTH_CACHING:-false}"
-# C1 only: less JIT CPU on a small machine and a faster start; tests don't need C2.
-JAVA_OPTS="${NACOS_CLUSTER_JAVA_OPTS:--Xms128m -Xmx384m -XX:MaxMetaspaceSize=256m -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=64m -XX:MaxDirectMemorySize=128m}"
+JAVA_OPTS="${NACOS_CLUSTER_JAVA_OPTS:-$DEFAULT_JAVA_OPTS}"
 CLUSTER_DIR="${LAMEDUCK_RUN_DIR:-/tmp/lameduck-run}/nacos-cluster"
-LAUNCH_CLASS=lameduck.nacos.Launch
 
 die() { echo "start-nacos-cluster: $*" >&2; exit 1; }
 say() { echo "start-nacos-cluster: $*" >&2; }
 
-command -v curl >/dev/null 2>&1 || die "curl not found on PATH"
-command -v java >/dev/null 2>&1 || die "java not found on PATH (need Java 17+)"
+need_tools
 [ "${#PORTS[@]}" -ge 1 ] || die "NACOS_CLUSTER_PORTS is empty"
-
-# Every port a node binds: main, gRPC client, gRPC cluster, raft.
-node_ports() { echo "$1 $(($1 + 1000)) $(($1 + 1001)) $(($1 - 1000))"; }
 
 taken=" $(node_ports "$STANDALONE_PORT") "
 for p in "${PORTS[@]}"; do
@@ -72,30 +66,6 @@ MEMBERS=""
 for p in "${PORTS[@]}"; do MEMBERS="${MEMBERS:+$MEMBERS,}$HOST:$p"; done
 
 node_dir() { echo "$CLUSTER_DIR/node$1"; }
-base_url() { echo "http://$HOST:$1$CONTEXT_PATH"; }
-
-# Our Nacos node, alive: the PID runs our launcher with that node's home.
-alive() {
-  local pid="$1" dir="$2"
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$LAUNCH_CLASS" &&
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-Dnacos.home=$dir "
-}
-
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" 2>/dev/null || true; }
-
-# Prints an access token for $2/$3 from the node on port $1, or nothing.
-login() {
-  curl -s --max-time 5 -X POST "$(base_url "$1")/v1/auth/login" \
-    --data-urlencode "username=$2" --data-urlencode "password=$3" 2>/dev/null |
-    sed -n 's/.*"accessToken":"\([^"]*\)".*/\1/p' || true
-}
-
-server_ready() {
-  [ "$(http_code "$(base_url "$1")/v3/admin/core/state/readiness")" = 200 ] && port_open "$(($1 + 1000))"
-}
 
 # Number of members in state UP that the node on port $1 reports, given token $2.
 # The list is {"code":0,...,"data":[{"ip":..,"port":..,"state":"UP",...},...]}.
@@ -113,14 +83,8 @@ export NACOS_PASSWORD=$PASSWORD
 EOF
 }
 
-tail_log() {
-  local log
-  log="$(node_dir "$1")/logs/nacos.out"
-  if [ -f "$log" ]; then
-    echo "start-nacos-cluster: last 50 lines of $log:" >&2
-    tail -n 50 "$log" >&2
-  fi
-}
+# Copies the end of node $1's log to stderr.
+node_tail_log() { tail_log "$(node_dir "$1")/logs/nacos.out"; }
 
 # Stops the nodes this run started (TERM, then KILL after 15s); data stays.
 STARTED=()
@@ -153,7 +117,7 @@ check_started() {
     dir="$(node_dir "$i")"
     pid="$(cat "$dir/nacos.pid" 2>/dev/null || true)"
     if ! alive "$pid" "$dir"; then
-      tail_log "$i"
+      node_tail_log "$i"
       fail "node$i (port ${PORTS[$((i - 1))]}, pid $pid) exited during start-up"
     fi
   done
@@ -169,7 +133,7 @@ wait_ready() {
     until server_ready "$p"; do
       check_started
       if [ "$SECONDS" -ge "$deadline" ]; then
-        tail_log "$((i + 1))"
+        node_tail_log "$((i + 1))"
         fail "node$((i + 1)) not ready on $(base_url "$p") (gRPC $((p + 1000))) within ${TIMEOUT}s"
       fi
       sleep 0.5
@@ -180,26 +144,25 @@ wait_ready() {
   local token n want="${#PORTS[@]}"
   for i in "${!PORTS[@]}"; do
     p="${PORTS[$i]}"
-    token="$(login "$p" nacos "$ADMIN_PASSWORD")"
+    token="$(login "$(base_url "$p")" nacos "$ADMIN_PASSWORD")"
     until n="$(members_up "$p" "$token")" && [ "$n" -eq "$want" ]; do
       check_started
       if [ "$SECONDS" -ge "$deadline" ]; then
         fail "node$((i + 1)) sees ${n:-0} of $want members UP after ${TIMEOUT}s"
       fi
       sleep 1
-      token="$(login "$p" nacos "$ADMIN_PASSWORD")"
+      token="$(login "$(base_url "$p")" nacos "$ADMIN_PASSWORD")"
     done
   done
 }
 
-# The admin user "nacos" has no password until one is set through the API (a
-# one-time call, refused with 409 once an admin exists). Any node will do: the
+# Sets the admin password (see init_admin) and waits until the admin and the
+# test user can log in on every node. Any node will do for the password: the
 # write goes through the raft leader. It fails until a leader is elected.
 setup_auth() {
   local deadline="$1" body p="${PORTS[0]}"
   until
-    body="$(curl -s --max-time 10 -X POST "$(base_url "$p")/v3/auth/user/admin" \
-      --data-urlencode "password=$ADMIN_PASSWORD" 2>/dev/null || true)"
+    body="$(init_admin "$(base_url "$p")" "$ADMIN_PASSWORD" 10)"
     case "$body" in *'"code":0'* | *'"code":409'*) true ;; *) false ;; esac
   do
     check_started
@@ -209,72 +172,26 @@ setup_auth() {
     sleep 1
   done
   case "$body" in *'"code":0'*) say "initialized admin user nacos" ;; esac
-  local i admin_token=""
+  local i
   for i in "${!PORTS[@]}"; do
-    p="${PORTS[$i]}"
-    until admin_token="$(login "$p" nacos "$ADMIN_PASSWORD")" && [ -n "$admin_token" ]; do
-      check_started
-      if [ "$SECONDS" -ge "$deadline" ]; then
-        fail "admin login on node$((i + 1)) failed within ${TIMEOUT}s; the data in $CLUSTER_DIR may hold another admin password (stop-nacos-cluster.sh deletes it)"
-      fi
-      sleep 1
-    done
+    wait_login fail check_started "$(base_url "${PORTS[$i]}")" nacos "$ADMIN_PASSWORD" "$deadline" \
+      "admin login on node$((i + 1)) failed within ${TIMEOUT}s; the data in $CLUSTER_DIR may hold another admin password (stop-nacos-cluster.sh deletes it)"
   done
   if [ "$USERNAME" != nacos ]; then
-    ensure_user "$admin_token"
+    # Through the last node the admin logged in to.
+    ensure_user fail "$(base_url "${PORTS[$((${#PORTS[@]} - 1))]}")" "$TOKEN" "$USERNAME" "$PASSWORD"
   fi
   for i in "${!PORTS[@]}"; do
-    p="${PORTS[$i]}"
-    until [ -n "$(login "$p" "$USERNAME" "$PASSWORD")" ]; do
-      check_started
-      if [ "$SECONDS" -ge "$deadline" ]; then
-        fail "login as $USERNAME on node$((i + 1)) failed within ${TIMEOUT}s; the data in $CLUSTER_DIR may hold another password (stop-nacos-cluster.sh deletes it)"
-      fi
-      sleep 1
-    done
+    wait_login fail check_started "$(base_url "${PORTS[$i]}")" "$USERNAME" "$PASSWORD" "$deadline" \
+      "login as $USERNAME on node$((i + 1)) failed within ${TIMEOUT}s; the data in $CLUSTER_DIR may hold another password (stop-nacos-cluster.sh deletes it)"
   done
-}
-
-# Creates NACOS_USERNAME with read/write on every namespace, if missing (via the
-# last node the admin logged in to).
-ensure_user() {
-  local token="$1" role="lameduck_test" code url
-  url="$(base_url "${PORTS[$((${#PORTS[@]} - 1))]}")"
-  code="$(http_code -X POST "$url/v3/auth/user" -H "accessToken: $token" \
-    --data-urlencode "username=$USERNAME" --data-urlencode "password=$PASSWORD")"
-  case "$code" in 200 | 400 | 409) ;; *) fail "creating user $USERNAME failed with HTTP $code" ;; esac
-  code="$(http_code -X POST "$url/v3/auth/role" -H "accessToken: $token" \
-    --data-urlencode "role=$role" --data-urlencode "username=$USERNAME")"
-  case "$code" in 200 | 400 | 409) ;; *) fail "binding role $role to $USERNAME failed with HTTP $code" ;; esac
-  # Resource patterns are namespace:group:resource; *:*:* covers every namespace.
-  code="$(http_code -X POST "$url/v3/auth/permission" -H "accessToken: $token" \
-    --data-urlencode "role=$role" --data-urlencode 'resource=*:*:*' --data-urlencode "action=rw")"
-  case "$code" in 200 | 400 | 409) ;; *) fail "granting *:*:* to role $role failed with HTTP $code" ;; esac
 }
 
 mkdir -p "$CLUSTER_DIR"
 
 # Secrets are generated once per run dir so tokens survive restarts; all nodes
 # share them (a token issued by one node is checked by the others).
-SECRETS="$CLUSTER_DIR/secrets.env"
-if [ ! -f "$SECRETS" ]; then
-  (
-    umask 077
-    {
-      echo "TOKEN_SECRET=$(head -c 48 /dev/urandom | base64 -w0)"
-      echo "IDENTITY_KEY=lameduck-$(head -c 9 /dev/urandom | base64 -w0 | tr '+/' '-_')"
-      echo "IDENTITY_VALUE=$(head -c 24 /dev/urandom | base64 -w0 | tr '+/' '-_')"
-    } >"$SECRETS.tmp"
-    mv "$SECRETS.tmp" "$SECRETS"
-  )
-fi
-# shellcheck disable=SC1090
-. "$SECRETS"
-TOKEN_SECRET="${NACOS_AUTH_TOKEN_SECRET:-$TOKEN_SECRET}"
-IDENTITY_KEY="${NACOS_IDENTITY_KEY:-$IDENTITY_KEY}"
-IDENTITY_VALUE="${NACOS_IDENTITY_VALUE:-$IDENTITY_VALUE}"
-[ "$(printf '%s' "$TOKEN_SECRET" | base64 -d 2>/dev/null | wc -c)" -ge 32 ] ||
-  die "NACOS_AUTH_TOKEN_SECRET must be base64 of at least 32 bytes"
+load_secrets "$CLUSTER_DIR/secrets.env"
 
 # Which nodes need starting.
 TO_START=()
@@ -298,19 +215,11 @@ fi
 
 # A node stopped (or killed) a moment ago may still be closing its sockets: allow 5s.
 for n in "${TO_START[@]}"; do
-  for p in $(node_ports "${PORTS[$((n - 1))]}"); do
-    tries=0
-    while port_open "$p"; do
-      tries=$((tries + 1))
-      [ "$tries" -le 10 ] || die "port $p on $HOST is already in use (set NACOS_CLUSTER_PORTS to move the cluster's ports)"
-      sleep 0.5
-    done
-  done
+  # shellcheck disable=SC2046 # node_ports prints the ports as words
+  wait_ports_free "set NACOS_CLUSTER_PORTS to move the cluster's ports" $(node_ports "${PORTS[$((n - 1))]}")
 done
 
-INSTALL_DIR="$("$SCRIPT_DIR/install-nacos.sh")"
-# Jar order matters (see install-nacos.sh), so no lib/* wildcard.
-CLASSPATH_ARG="$INSTALL_DIR/classes:$(sed "s#^#$INSTALL_DIR/lib/#" "$INSTALL_DIR/classpath.txt" | paste -sd:)"
+nacos_classpath
 
 start=$SECONDS
 # All nodes start at once: a node is ready only once raft has a leader, which
@@ -322,7 +231,8 @@ for n in "${TO_START[@]}"; do
   mkdir -p "$dir/conf" "$dir/data" "$dir/tmp" "$log_dir"
   # The file member lookup reads nacos.home/conf/cluster.conf.
   tr ',' '\n' <<<"$MEMBERS" >"$dir/conf/cluster.conf"
-  cat >"$dir/conf/application.properties" <<EOF
+  {
+    cat <<EOF
 # Generated by start-nacos-cluster.sh; rewritten on every start of this node.
 nacos.standalone=false
 nacos.server.main.port=$port
@@ -342,39 +252,11 @@ db.pool.config.connectionTimeout=60000
 # A start-up namespace migration check needs a raft leader: keep retrying until
 # a quorum is up instead of exiting.
 nacos.namespace.migrate.retry.times=600
-nacos.core.auth.enabled=true
-nacos.core.auth.admin.enabled=true
-nacos.core.auth.console.enabled=true
-nacos.core.auth.system.type=nacos
-nacos.core.auth.plugin.nacos.token.expire.seconds=18000
-nacos.core.auth.caching.enabled=$AUTH_CACHING
-nacos.core.auth.plugin.nacos.token.secret.key=$TOKEN_SECRET
-nacos.core.auth.server.identity.key=$IDENTITY_KEY
-nacos.core.auth.server.identity.value=$IDENTITY_VALUE
-management.endpoints.web.exposure.include=health
-server.tomcat.accesslog.enabled=false
 EOF
+    auth_properties "$AUTH_CACHING" "$TOKEN_SECRET" "$IDENTITY_KEY" "$IDENTITY_VALUE"
+  } >"$dir/conf/application.properties"
   say "starting node$n on $HOST:$port, gRPC $((port + 1000)), raft $((port - 1000)), logs in $log_dir"
-  # shellcheck disable=SC2086
-  (
-    cd "$dir"
-    # Fewer glibc malloc arenas: Nacos runs many threads; saves ~100 MB of RSS.
-    export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
-    exec setsid java $JAVA_OPTS \
-      -Dnacos.standalone=false \
-      -DembeddedStorage=true \
-      -Dnacos.home="$dir" \
-      -Dnacos.logs.path="$log_dir" \
-      -Dnacos.server.ip="$HOST" \
-      -Dnacos.remote.grpc.listen.ip="$HOST" \
-      -Dlameduck.raft.bind="$HOST" \
-      -Dnacos.deployment.type=server \
-      -Dderby.stream.error.file="$log_dir/derby.log" \
-      -Djava.io.tmpdir="$dir/tmp" \
-      -cp "$CLASSPATH_ARG" \
-      "$LAUNCH_CLASS" \
-      --spring.config.additional-location="file:$dir/conf/"
-  ) </dev/null >"$log_dir/nacos.out" 2>&1 &
+  launch_nacos "$dir" "$log_dir" "$CLASSPATH_ARG" "$JAVA_OPTS" server -Dnacos.standalone=false -DembeddedStorage=true
   echo "$!" >"$dir/nacos.pid"
   STARTED+=("$n")
 done

@@ -5,31 +5,16 @@
 # and the shared secrets. No-op if not running.
 set -euo pipefail
 
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=nacos-lib.sh
+. "$SCRIPT_DIR/nacos-lib.sh"
 CLUSTER_DIR="${LAMEDUCK_RUN_DIR:-/tmp/lameduck-run}/nacos-cluster"
 TIMEOUT="${NACOS_STOP_TIMEOUT:-30}"
-LAUNCH_CLASS=lameduck.nacos.Launch
 
-# Our Nacos node, alive: the PID runs our launcher with that node's home
-# (guards against a reused PID).
-alive() {
-  kill -0 "$1" 2>/dev/null &&
-    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q "$LAUNCH_CLASS" &&
-    tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "-Dnacos.home=$2 "
-}
-
-# Still running or exiting. While the JVM exits, its main thread can already be
-# a zombie (and /proc/PID/cmdline empty) while other threads still hold the
-# listening sockets, so wait until no thread is left.
-exists() {
-  kill -0 "$1" 2>/dev/null || return 1
-  local state threads
-  state="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)"
-  threads="$(ls "/proc/$1/task" 2>/dev/null | wc -l)"
-  [ -n "$state" ] && { [ "$state" != Z ] || [ "$threads" -gt 1 ]; }
-}
+say() { echo "stop-nacos-cluster: $*" >&2; }
 
 if [ ! -d "$CLUSTER_DIR" ]; then
-  echo "stop-nacos-cluster: not running (no $CLUSTER_DIR)" >&2
+  say "not running (no $CLUSTER_DIR)"
   exit 0
 fi
 
@@ -52,18 +37,7 @@ done
 deadline=$((SECONDS + TIMEOUT))
 status=0
 for pid in "${pids[@]}"; do
-  while exists "$pid" && [ "$SECONDS" -lt "$deadline" ]; do
-    sleep 0.2
-  done
-  if exists "$pid"; then
-    echo "stop-nacos-cluster: pid $pid still running after ${TIMEOUT}s; sending KILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do exists "$pid" || break; sleep 0.1; done
-  fi
-  if exists "$pid"; then
-    echo "stop-nacos-cluster: pid $pid survived KILL" >&2
-    status=1
-  fi
+  await_exit "$pid" "$deadline" "$TIMEOUT" || status=1
 done
 [ "$status" = 0 ] || exit 1
 
@@ -72,7 +46,7 @@ for dir in "$CLUSTER_DIR"/node*; do
   rm -rf "$dir/nacos.pid" "$dir/data" "$dir/tmp"
 done
 if [ "${#pids[@]}" -eq 0 ]; then
-  echo "stop-nacos-cluster: not running; removed data in $CLUSTER_DIR" >&2
+  say "not running; removed data in $CLUSTER_DIR"
 else
-  echo "stop-nacos-cluster: stopped (pids ${pids[*]}); removed data in $CLUSTER_DIR" >&2
+  say "stopped (pids ${pids[*]}); removed data in $CLUSTER_DIR"
 fi
