@@ -287,3 +287,52 @@ func TestGoneWatchDeadlineNamesPending(t *testing.T) {
 		t.Errorf("Pending: want [memory://node1], got %v", got)
 	}
 }
+
+// silentView never answers, like a server that accepts and then hangs.
+type silentView struct{ name string }
+
+func (v silentView) String() string { return v.name }
+func (v silentView) Watch(context.Context, string) (registry.Watcher, error) {
+	return silentWatcher{}, nil
+}
+
+type silentWatcher struct{}
+
+func (silentWatcher) Next(ctx context.Context) ([]registry.Instance, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (silentWatcher) Stop() error { return nil }
+
+type hangingCluster struct {
+	*memory.Registry
+}
+
+func (c hangingCluster) Views(context.Context) ([]registry.View, error) {
+	return []registry.View{silentView{"memory://hang1"}, silentView{"memory://hang2"}}, nil
+}
+
+// Views that never answer are counted as down after the first-read bound,
+// all of them at once, and hold nothing up.
+func TestWatchGoneSilentViews(t *testing.T) {
+	t.Parallel()
+	i := inst(0)
+	c := hangingCluster{newMem(t, "memory://own")}
+	mustRegister(t, c.Registry, i)
+	var log viewLog
+	g, err := registry.WatchGone(t.Context(), c, i, registry.GoneOptions{OnView: log.add, RemoveAgainAfter: time.Hour})
+	if err != nil {
+		t.Fatalf("WatchGone with two silent views: want a watch after the first-read bound, got %v", err)
+	}
+	defer g.Stop()
+	for _, n := range []string{"memory://hang1", "memory://hang2"} {
+		if !log.has(registry.ViewDown, n) {
+			t.Errorf("want %s reported down, got:%s", n, &log)
+		}
+	}
+	done := waitAsync(t.Context(), g)
+	mustDeregister(t, c.Registry, i)
+	if err := result(t, done, "Wait"); err != nil {
+		t.Fatalf("Wait with silent views: want nil once the registry's own watch dropped the instance, got %v", err)
+	}
+}

@@ -169,14 +169,23 @@ func WatchGone(ctx context.Context, r Registry, i Instance, o GoneOptions) (*Gon
 	}
 	timer := time.NewTimer(viewFirstRead)
 	defer timer.Stop()
+	expired := false // every view still silent now is counted as down
 	for _, vs := range g.views {
+		if !expired {
+			select {
+			case <-vs.answered:
+				continue
+			case <-timer.C:
+				expired = true
+			case <-ctx.Done():
+				g.Stop()
+				return nil, ctx.Err()
+			}
+		}
 		select {
 		case <-vs.answered:
-		case <-timer.C:
+		default:
 			g.setDown(vs, fmt.Errorf("no list within %v", viewFirstRead))
-		case <-ctx.Done():
-			g.Stop()
-			return nil, ctx.Err()
 		}
 	}
 	g.mu.Lock()
