@@ -19,6 +19,19 @@ type Viewer interface {
 	Views(ctx context.Context) ([]View, error)
 }
 
+// OwnViewer is a Viewer that tells whether its views include the server its
+// own watch reads from: every node of a Nacos cluster, one of which the
+// client is connected to; the app's own agent among a Consul datacenter's
+// agents. WatchGone then confirms on the views alone while any of them
+// answers, since the own watch adds nothing and its server may be the one
+// that died: a Nacos client whose node was killed hears nothing until it has
+// failed over and subscribed again, which a cluster without a raft leader
+// refuses for seconds.
+type OwnViewer interface {
+	Viewer
+	ViewsIncludeOwn(views []View) bool
+}
+
 // View is one server's own copy of the consumer-visible list, the one that
 // the consumers attached to that server are fed from.
 type View interface {

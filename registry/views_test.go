@@ -336,3 +336,48 @@ func TestWatchGoneSilentViews(t *testing.T) {
 		t.Fatalf("Wait with silent views: want nil once the registry's own watch dropped the instance, got %v", err)
 	}
 }
+
+// coveredCluster is a cluster whose views include its own watch's server.
+type coveredCluster struct{ *cluster }
+
+func (c coveredCluster) ViewsIncludeOwn([]registry.View) bool { return true }
+
+// When the views cover the own watch's server, an own watch that never
+// hears of the change (its server died) holds nothing up while a view
+// answers; with every view down it is waited for again.
+func TestGoneWatchCoveredOwnWatch(t *testing.T) {
+	t.Parallel()
+	i := inst(0)
+	c := coveredCluster{newCluster(t, 2, i)}
+	g, err := registry.WatchGone(t.Context(), c, i, registry.GoneOptions{RemoveAgainAfter: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Stop()
+	done := waitAsync(t.Context(), g)
+	// The own registry keeps listing the instance, as a client cut off from
+	// its dead node does; every live node drops it.
+	mustDeregister(t, c.nodes[0].reg, i)
+	mustDeregister(t, c.nodes[1].reg, i)
+	if err := result(t, done, "Wait"); err != nil {
+		t.Fatalf("Wait with the own watch covered and every view clear: want nil, got %v", err)
+	}
+
+	j := inst(1)
+	d := coveredCluster{newCluster(t, 1, j)}
+	d.nodes[0].kill()
+	g2, err := registry.WatchGone(t.Context(), d, j, registry.GoneOptions{RemoveAgainAfter: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g2.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if err := g2.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait with every view down and the own watch still listing: want it to wait for the own watch, got %v", err)
+	}
+	mustDeregister(t, d.Registry, j)
+	if err := result(t, waitAsync(t.Context(), g2), "Wait"); err != nil {
+		t.Fatalf("Wait once the own watch dropped it: want nil, got %v", err)
+	}
+}

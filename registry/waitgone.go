@@ -96,6 +96,9 @@ type GoneWatch struct {
 
 	present bool // the first list held the instance
 	gone    bool // the registry's own watch no longer lists it
+	// covered: the views include the own watch's server (OwnViewer), so
+	// Wait need not wait for the own watch while a view answers.
+	covered bool
 
 	views  []*viewState
 	cancel context.CancelFunc // ends the views' goroutines
@@ -157,6 +160,9 @@ func WatchGone(ctx context.Context, r Registry, i Instance, o GoneOptions) (*Gon
 	}
 	if len(views) == 0 {
 		return g, nil
+	}
+	if ov, ok := r.(OwnViewer); ok {
+		g.covered = ov.ViewsIncludeOwn(views)
 	}
 	// The views outlive ctx, which may be a call's; Stop ends them.
 	vctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -298,10 +304,12 @@ func (g *GoneWatch) Listed() bool { return g.present }
 // Wait blocks until the registry's own watch and every view that answers
 // show the instance gone (at once if the last lists seen lacked it, and
 // with views, once they have stayed so for GoneOptions.Settle), or ctx
-// ends. A view still listing the instance RemoveAgainAfter after Wait began,
+// ends. When the views include the own watch's server (OwnViewer), the own
+// watch is not waited for while some view answers. A view still listing the instance RemoveAgainAfter after Wait began,
 // or when another view has gone down, gets the removal again through a live
 // view (see ViewRemover), and again at that interval. An error from the
-// registry's own watch ends Wait; reopen the watch to go on. Not safe for
+// registry's own watch ends Wait, unless the views cover its server; reopen
+// the watch to go on. Not safe for
 // concurrent use.
 func (g *GoneWatch) Wait(ctx context.Context) error {
 	if len(g.views) == 0 {
@@ -332,7 +340,8 @@ func (g *GoneWatch) Wait(ctx context.Context) error {
 	defer settleT.Stop()
 	var settle <-chan time.Time
 	for {
-		switch clear := !running && g.gone && g.viewsClear(); {
+		ownDone := !running && g.gone
+		switch clear := g.viewsClear() && (ownDone || g.covered && g.anyLive()); {
 		case clear && settle == nil:
 			settleT.Reset(g.o.Settle)
 			settle = settleT.C
@@ -358,9 +367,10 @@ func (g *GoneWatch) Wait(ctx context.Context) error {
 			return ctx.Err()
 		case err := <-own:
 			running = false
-			if err != nil {
+			if err != nil && !g.covered {
 				return err
 			}
+			// Covered by the views: the own watch's failure holds nothing up.
 		case <-g.wake:
 		case <-timer.C:
 			timer.Reset(g.o.RemoveAgainAfter)
@@ -398,6 +408,18 @@ func (g *GoneWatch) viewsClear() bool {
 		}
 	}
 	return true
+}
+
+// anyLive reports whether some view answers.
+func (g *GoneWatch) anyLive() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, vs := range g.views {
+		if vs.first && !vs.down {
+			return true
+		}
+	}
+	return false
 }
 
 // Pending names the views that answer and still list the instance.

@@ -53,7 +53,19 @@ func WithConfirmThroughAgents() Option { return func(o *options) { o.confirmAgen
 // documents but the api package does not name.
 const memberAlive = 1
 
-var _ registry.Viewer = (*Registry)(nil)
+var _ registry.OwnViewer = (*Registry)(nil)
+
+// ViewsIncludeOwn reports whether the agent the backend talks to is among
+// the views (with confirm=agents it is).
+func (r *Registry) ViewsIncludeOwn(views []registry.View) bool {
+	own := "consul://" + r.agentAddr()
+	for _, v := range views {
+		if v.String() == own {
+			return true
+		}
+	}
+	return false
+}
 
 // Views returns the servers to confirm through: those given with
 // WithConfirmThrough, then the raft peers (WithConfirmThroughServers), then

@@ -23,7 +23,11 @@ import (
 // that node alone, and a node that still lists the instance long after the
 // change gets it again as a disable through the admin API of a live node.
 
-var _ registry.Viewer = (*Registry)(nil)
+var _ registry.OwnViewer = (*Registry)(nil)
+
+// ViewsIncludeOwn reports true: the views are every node given, and the
+// SDK's own client is connected to one of them.
+func (r *Registry) ViewsIncludeOwn([]registry.View) bool { return len(r.o.nodes) > 1 }
 
 // Views returns one view per node given with WithAddresses, or none for a
 // single node. Each view connects on first use.
