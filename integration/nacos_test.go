@@ -11,6 +11,7 @@ import (
 	"github.com/nacos-group/nacos-sdk-go/v2/clients"
 	"github.com/nacos-group/nacos-sdk-go/v2/clients/naming_client"
 	"github.com/nacos-group/nacos-sdk-go/v2/common/constant"
+	"github.com/nacos-group/nacos-sdk-go/v2/common/logger"
 	"github.com/nacos-group/nacos-sdk-go/v2/vo"
 
 	"github.com/lameduck/lameduck/adapters/nacos"
@@ -37,12 +38,26 @@ func newNacos(t *testing.T, opts ...nacos.Option) *nacos.Registry {
 // client of its own: the healthy, enabled instances.
 func nacosConsumer(t *testing.T) func(ctx context.Context, service string) ([]registry.Instance, error) {
 	t.Helper()
+	c := rawNacosClient(t, 5*time.Second)
+	t.Cleanup(c.CloseClient)
+	return func(ctx context.Context, service string) ([]registry.Instance, error) {
+		return selectHealthy(ctx, c, service)
+	}
+}
+
+// rawNacosClient makes a nacos-sdk-go naming client of its own on the
+// standalone server, as a consumer would; the caller closes it. It puts
+// back the process-wide logger that the SDK replaces, so that every client
+// in the process logs (and so costs) the same.
+func rawNacosClient(t *testing.T, timeout time.Duration) naming_client.INamingClient {
+	t.Helper()
 	host, portStr, _ := net.SplitHostPort(nacosAddr())
 	port, _ := strconv.ParseUint(portStr, 10, 64)
 	dir := t.TempDir()
+	prev := logger.GetLogger()
 	c, err := clients.NewNamingClient(vo.NacosClientParam{
 		ClientConfig: constant.NewClientConfig(
-			constant.WithTimeoutMs(5000),
+			constant.WithTimeoutMs(uint64(timeout/time.Millisecond)),
 			constant.WithNotLoadCacheAtStart(true),
 			constant.WithUpdateCacheWhenEmpty(true),
 			constant.WithCacheDir(filepath.Join(dir, "cache")),
@@ -53,13 +68,13 @@ func nacosConsumer(t *testing.T) func(ctx context.Context, service string) ([]re
 		),
 		ServerConfigs: []constant.ServerConfig{*constant.NewServerConfig(host, port)},
 	})
+	if prev != nil {
+		logger.SetLogger(prev)
+	}
 	if err != nil {
-		t.Fatalf("nacos consumer client: %v", err)
+		t.Fatalf("nacos client: %v", err)
 	}
-	t.Cleanup(c.CloseClient)
-	return func(ctx context.Context, service string) ([]registry.Instance, error) {
-		return selectHealthy(ctx, c, service)
-	}
+	return c
 }
 
 func selectHealthy(ctx context.Context, c naming_client.INamingClient, service string) ([]registry.Instance, error) {

@@ -39,13 +39,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -58,10 +56,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/nacos-group/nacos-sdk-go/v2/clients"
 	"github.com/nacos-group/nacos-sdk-go/v2/clients/naming_client"
 	"github.com/nacos-group/nacos-sdk-go/v2/common/constant"
-	"github.com/nacos-group/nacos-sdk-go/v2/common/logger"
 	"github.com/nacos-group/nacos-sdk-go/v2/model"
 	"github.com/nacos-group/nacos-sdk-go/v2/vo"
 
@@ -897,35 +893,11 @@ func TestScaleNacos(t *testing.T) {
 	}
 }
 
-// scaleNacosClient makes a nacos-sdk-go naming client of its own, as a consumer
-// would, and puts back the process-wide logger the SDK replaces, so that
-// every client here logs (and so costs) the same.
+// scaleNacosClient is a consumer's own naming client (see rawNacosClient),
+// with a longer timeout for lists of thousands; the caller closes it.
 func scaleNacosClient(t *testing.T) naming_client.INamingClient {
 	t.Helper()
-	host, portStr, _ := net.SplitHostPort(nacosAddr())
-	port, _ := strconv.ParseUint(portStr, 10, 64)
-	dir := t.TempDir()
-	prev := logger.GetLogger()
-	c, err := clients.NewNamingClient(vo.NacosClientParam{
-		ClientConfig: constant.NewClientConfig(
-			constant.WithTimeoutMs(10000),
-			constant.WithNotLoadCacheAtStart(true),
-			constant.WithUpdateCacheWhenEmpty(true),
-			constant.WithCacheDir(filepath.Join(dir, "cache")),
-			constant.WithLogDir(filepath.Join(dir, "log")),
-			constant.WithLogLevel("warn"),
-			constant.WithUsername(nacosUser()),
-			constant.WithPassword(nacosPass()),
-		),
-		ServerConfigs: []constant.ServerConfig{*constant.NewServerConfig(host, port)},
-	})
-	if prev != nil {
-		logger.SetLogger(prev)
-	}
-	if err != nil {
-		t.Fatalf("nacos client: %v", err)
-	}
-	return c
+	return rawNacosClient(t, 10*time.Second)
 }
 
 func scaleNacosSize(t *testing.T, cfg scaleConfig, n int, largest bool) {
