@@ -3,9 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +15,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/pkg/admin"
 	"github.com/lameduck/lameduck/registry/registrytest"
 )
 
@@ -49,7 +49,7 @@ func (f *clusterFault) run(t *testing.T, kill func() (name string, heal func()))
 	if err := f.target.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM %s: %v", f.target.name, err)
 	}
-	waitPhase(t, f.target, "Confirming")
+	waitPhase(t, f.target, drain.Confirming)
 	f.killedAs, f.heal = kill()
 	t.Logf("killed %s %v after SIGTERM", f.killedAs, time.Since(start).Round(time.Millisecond))
 	if !f.target.wait(40 * time.Second) {
@@ -94,21 +94,16 @@ func (f *clusterFault) checkOut(t *testing.T, members []func(context.Context, st
 	}
 }
 
-// waitPhase long-polls the app's admin endpoint until it reaches phase.
-func waitPhase(t *testing.T, a *e2eApp, phase string) {
+// waitPhase waits, through the app's admin endpoint, until it reaches phase.
+func waitPhase(t *testing.T, a *e2eApp, phase drain.Phase) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	u := fmt.Sprintf("http://%s/wait?phase=%s&timeout=25s", e2eEndpoint(a.admin), phase)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	resp, err := http.DefaultClient.Do(req)
+	c, err := admin.NewClient("http://" + e2eEndpoint(a.admin))
 	if err != nil {
-		t.Fatalf("%s: wait for phase %s: %v", a.name, phase, err)
+		t.Fatalf("%s: admin client: %v", a.name, err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("%s: wait for phase %s: HTTP %d: %s", a.name, phase, resp.StatusCode, body)
+	res, err := c.Wait(t.Context(), phase, 25*time.Second)
+	if err != nil || !res.Reached {
+		t.Fatalf("%s: wait for phase %v: reached %v, err %v", a.name, phase, res.Reached, err)
 	}
 }
 
