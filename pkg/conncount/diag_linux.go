@@ -9,9 +9,14 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
+
+// noCompatDump records that this kernel refused the compat request
+// (TCPDIAG_GETSOCK), so dumps go per family from then on.
+var noCompatDump atomic.Bool
 
 // The kernel's sock_diag interface (linux/inet_diag.h, linux/sock_diag.h):
 // the same socket table as /proc/net/tcp, with each socket's tcp_info, which
@@ -19,6 +24,8 @@ import (
 // some. `ss -ti` reads it the same way.
 const (
 	sockDiagByFamily = 20      // SOCK_DIAG_BY_FAMILY
+	tcpDiagGetSock   = 18      // TCPDIAG_GETSOCK: the compat request, both families in one walk
+	diagReqV1Len     = 60      // sizeof(struct inet_diag_req), the compat request's body
 	inetDiagInfo     = 2       // INET_DIAG_INFO: the attribute carrying tcp_info
 	diagReqLen       = 56      // sizeof(struct inet_diag_req_v2)
 	diagMsgLen       = 72      // sizeof(struct inet_diag_msg)
@@ -60,6 +67,11 @@ const (
 // Each call opens its own netlink socket, so that a Counter holds no file
 // between polls.
 func readDiag(ctx context.Context, port uint16, filter []byte, f func(row)) (filtered bool, err error) {
+	return readDiagVia(ctx, port, filter, !noCompatDump.Load(), f)
+}
+
+// readDiagVia is readDiag, trying the compat request first if compat.
+func readDiagVia(ctx context.Context, port uint16, filter []byte, compat bool, f func(row)) (filtered bool, err error) {
 	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, syscall.NETLINK_INET_DIAG)
 	if err != nil {
 		if unsupported(err) {
@@ -80,6 +92,27 @@ func readDiag(ctx context.Context, port uint16, filter []byte, f func(row)) (fil
 		return false, os.NewSyscallError("setsockopt", err)
 	}
 	buf := make([]byte, diagRecvBuf)
+	if compat {
+		// One walk of the kernel's socket hash for both families.
+		err := dumpFamily(fd, buf, syscall.AF_UNSPEC, port, filter, f)
+		if filter != nil && errors.Is(err, syscall.EINVAL) {
+			// The bytecode refused, or the compat request: the request
+			// without the filter tells which, as below.
+			if err = dumpFamily(fd, buf, syscall.AF_UNSPEC, port, nil, f); err == nil {
+				return false, nil
+			}
+		}
+		switch {
+		case err == nil:
+			return filter != nil, nil
+		case !noFamily(err):
+			return false, err
+		}
+		// Refused before any socket was sent (the kernel checks a request
+		// before it answers): a kernel or sandbox without the compat
+		// request. The requests per family go from now on.
+		noCompatDump.Store(true)
+	}
 	for _, family := range []uint8{syscall.AF_INET, syscall.AF_INET6} {
 		if err := ctx.Err(); err != nil {
 			return false, err
@@ -148,29 +181,42 @@ func unsupported(err error) bool {
 	return false
 }
 
-// dumpFamily asks for one address family's sockets, through filter if not
-// nil, and reads the answer to its end into buf. An error from the kernel
+// dumpFamily asks for one address family's sockets (AF_UNSPEC: both, in
+// one request), through filter if not nil, and reads the answer to its end
+// into buf. An error from the kernel
 // wraps its errno.
 func dumpFamily(fd int, buf []byte, family uint8, port uint16, filter []byte, f func(row)) error {
-	n := syscall.NLMSG_HDRLEN + diagReqLen
+	// struct inet_diag_req_v2 {family, protocol, ext, pad uint8; states
+	// uint32; id}, or for AF_UNSPEC the compat struct inet_diag_req
+	// {family, src_len, dst_len, ext uint8; id; states, dbug uint32},
+	// whose answer walks the kernel's socket hash once for both families
+	// rather than once per family: the walk, not the sockets sent, is
+	// what a poll on a busy host costs (BENCHMARKS.md).
+	typ, bodyLen, extAt, statesAt := uint16(sockDiagByFamily), diagReqLen, 2, 4
+	if family == syscall.AF_UNSPEC {
+		typ, bodyLen, extAt, statesAt = tcpDiagGetSock, diagReqV1Len, 3, 52
+	}
+	n := syscall.NLMSG_HDRLEN + bodyLen
 	if filter != nil {
 		n += syscall.SizeofRtAttr + len(filter)
 	}
 	req := make([]byte, n)
 	ne := binary.NativeEndian
 	ne.PutUint32(req[0:], uint32(len(req)))
-	ne.PutUint16(req[4:], sockDiagByFamily)
+	ne.PutUint16(req[4:], typ)
 	ne.PutUint16(req[6:], syscall.NLM_F_REQUEST|syscall.NLM_F_DUMP)
 	ne.PutUint32(req[8:], 1) // sequence number
 	r := req[syscall.NLMSG_HDRLEN:]
-	r[0] = family
-	r[1] = syscall.IPPROTO_TCP
-	r[2] = 1 << (inetDiagInfo - 1) // idiag_ext: ask for tcp_info
-	ne.PutUint32(r[4:], diagStates)
+	if family != syscall.AF_UNSPEC {
+		r[0] = family
+		r[1] = syscall.IPPROTO_TCP
+	}
+	r[extAt] = 1 << (inetDiagInfo - 1) // idiag_ext: ask for tcp_info
+	ne.PutUint32(r[statesAt:], diagStates)
 	want := port
 	if filter != nil {
 		// struct nlattr, then the bytecode (whole ops: no padding).
-		a := r[diagReqLen:]
+		a := r[bodyLen:]
 		ne.PutUint16(a[0:], uint16(syscall.SizeofRtAttr+len(filter)))
 		ne.PutUint16(a[2:], inetDiagReqBytecode)
 		copy(a[syscall.SizeofRtAttr:], filter)
@@ -206,7 +252,7 @@ func dumpFamily(fd int, buf []byte, family uint8, port uint16, filter []byte, f 
 					}
 				}
 				return nil
-			case sockDiagByFamily:
+			case typ:
 				if rw, ok := parseDiagMsg(m.Data, want); ok {
 					f(rw)
 				}
