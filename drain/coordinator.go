@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/internal/clock"
 	"github.com/lameduck/lameduck/registry"
 )
@@ -44,7 +45,9 @@ func (e *PhaseError) Unwrap() error { return e.Err }
 // RegistryStatus is where the protocol stands with one registry.
 type RegistryStatus struct {
 	Name           string        `json:"name"`
-	State          string        `json:"state"` // registered, deregistering, deregistered, confirmed, failed
+	// State is registering, retrying (Error says why), registered,
+	// deregistering, deregistered, confirmed or failed (Error says why).
+	State          string        `json:"state"`
 	Attempts       int           `json:"attempts"`
 	ConfirmLatency time.Duration `json:"confirm_latency_ns"`
 	Error          string        `json:"error,omitempty"`
@@ -73,11 +76,17 @@ type PhaseSpan struct {
 
 // Report is the outcome of one run of the protocol.
 type Report struct {
-	Started    time.Time        `json:"started"`
-	Duration   time.Duration    `json:"duration_ns"`
-	Phases     []PhaseSpan      `json:"phases"`
-	Registries []RegistryStatus `json:"registries"`
-	Late       int64            `json:"late"` // requests begun after the flag was set
+	Outcome    Outcome           `json:"outcome"` // OutcomeOf the protocol's error
+	Instance   registry.Instance `json:"instance"` // as the registries know it, after WithLookup
+	Source     string            `json:"source"`   // what the Draining phase waited on
+	Started    time.Time         `json:"started"`
+	Duration   time.Duration     `json:"duration_ns"`
+	Phases     []PhaseSpan       `json:"phases"`
+	Registries []RegistryStatus  `json:"registries"`
+	Late       int64             `json:"late"` // requests begun after the flag was set
+	// Abandoned names the stop hooks still running when the deadline (or
+	// Force) ended the Stopping phase and its grace.
+	Abandoned []string `json:"abandoned,omitempty"`
 }
 
 // Status is a snapshot of a Coordinator, for the admin endpoint.
@@ -88,6 +97,11 @@ type Status struct {
 	Registries []RegistryStatus   `json:"registries"`
 	Started    time.Time          `json:"started,omitzero"`
 	Deadline   time.Time          `json:"deadline,omitzero"`
+	// Outcome and Error are set once the protocol is Offline: how it ended
+	// (see OutcomeOf) and its error, so that a caller following the admin
+	// endpoint can report the app's own result.
+	Outcome Outcome `json:"outcome,omitempty"`
+	Error   string  `json:"error,omitempty"`
 }
 
 // Coordinator runs the offline protocol for one instance, once. It is safe
@@ -98,11 +112,14 @@ type Coordinator struct {
 	o options
 
 	startOnce sync.Once
-	forceOnce sync.Once
-	forced    chan struct{}
+	// base is the parent of every phase's context; Force cancels it with
+	// ErrForced, at once, whichever phase the protocol is in.
+	base  context.Context
+	force context.CancelCauseFunc
 	done      chan struct{}
 
 	mu       sync.Mutex
+	inst     registry.Instance // o.inst, completed by the lookup
 	phase    Phase
 	phaseCh  chan struct{} // closed and replaced at every phase change
 	regs     []RegistryStatus
@@ -140,7 +157,7 @@ func New(t *Tracker, opts ...Option) (*Coordinator, error) {
 		if !o.hasInstance {
 			return nil, errors.New("drain: registries given without an instance; add WithInstance")
 		}
-		if err := o.inst.Validate(); err != nil {
+		if err := validateInstance(o.inst, o.lookup); err != nil {
 			return nil, err
 		}
 	}
@@ -157,10 +174,16 @@ func New(t *Tracker, opts ...Option) (*Coordinator, error) {
 			return nil, fmt.Errorf("drain: stop hook %q has a nil function", h.Name)
 		}
 	}
+	if o.sourceSet && o.source == nil {
+		o.source = nothing{}
+	}
+	if o.source == nil {
+		o.source = t
+	}
 	c := &Coordinator{
 		t:       t,
 		o:       o,
-		forced:  make(chan struct{}),
+		inst:    o.inst,
 		done:    make(chan struct{}),
 		phaseCh: make(chan struct{}),
 		regs:    make([]RegistryStatus, len(o.regs)),
@@ -168,6 +191,7 @@ func New(t *Tracker, opts ...Option) (*Coordinator, error) {
 	for k, r := range o.regs {
 		c.regs[k] = RegistryStatus{Name: r.String(), State: "registered"}
 	}
+	c.base, c.force = context.WithCancelCause(context.Background())
 	return c, nil
 }
 
@@ -215,7 +239,7 @@ func (c *Coordinator) Done() <-chan struct{} { return c.done }
 // hooks run with an already-ended context. It starts the protocol if it has
 // not started. Use it for a second SIGTERM.
 func (c *Coordinator) Force() {
-	c.forceOnce.Do(func() { close(c.forced) })
+	c.force(ErrForced)
 	c.Start()
 }
 
@@ -256,8 +280,14 @@ func (c *Coordinator) Status() Status {
 		Deadline:   c.deadline,
 	}
 	if c.o.hasInstance {
-		in := c.o.inst
+		in := c.inst
 		s.Instance = &in
+	}
+	if c.phase == Offline {
+		s.Outcome = c.report.Outcome
+		if c.err != nil {
+			s.Error = c.err.Error()
+		}
 	}
 	return s
 }
@@ -295,26 +325,40 @@ func (c *Coordinator) setReg(k int, f func(*RegistryStatus)) {
 	f(&c.regs[k])
 }
 
-// run executes the protocol. The budget is split by deadlines: registry
-// work must end early enough to leave the quiet window, draining must end
-// before the stop reserve, and the stop hooks get the rest.
+// hookGrace is how long a stop hook may still run after its context has
+// ended before the coordinator abandons it: long enough for a hook that
+// honours its context to finish (a server closing its listeners), short
+// enough that a second signal ends the process at once.
+const hookGrace = 50 * time.Millisecond
+
+// lookupShare bounds the instance lookup (WithLookup), so that a registry
+// that cannot be reached delays the offline by seconds, not by the whole
+// registry share; the removal then reports it.
+const lookupShare = 3 * time.Second
+
+// run executes the protocol. It alone splits the budget, by deadlines:
+//
+//   - the stop hooks get the stop reserve at the end;
+//   - the drain gets at least its share before that: half of what the
+//     reserve leaves when a Source drains something, never less than the
+//     quiet window;
+//   - the registries (lookup, removal, confirmation) get what remains
+//     before that share, and the drain starts as soon as they are done.
+//
+// So an unreachable registry costs at most its share, and the drain always
+// runs.
 func (c *Coordinator) run(start time.Time) {
 	defer close(c.done)
 	o := &c.o
 	deadline := start.Add(o.budget)
 	stopAt := deadline.Add(-o.stopReserve)
-	regAt := stopAt.Add(-o.quiet)
+	share := o.quiet
+	if _, none := o.source.(nothing); !none {
+		share = max(share, (o.budget-o.stopReserve)/2)
+	}
+	regAt := stopAt.Add(-share)
 
-	// Force ends every waiting phase at once.
-	base, cancelBase := context.WithCancelCause(context.Background())
-	defer cancelBase(nil)
-	go func() {
-		select {
-		case <-c.forced:
-			cancelBase(ErrForced)
-		case <-base.Done():
-		}
-	}()
+	base := c.base
 
 	var errs []error
 	cut := func(p Phase, ctx context.Context) {
@@ -329,6 +373,14 @@ func (c *Coordinator) run(start time.Time) {
 	defer cancelReg()
 
 	c.enter(Deregistering)
+	if o.lookup && len(o.regs) > 0 {
+		if err := c.lookup(regCtx); err != nil {
+			// No such instance: nothing to take out, nothing of ours to
+			// drain. The caller named the wrong thing.
+			c.finish(start, []error{err})
+			return
+		}
+	}
 	ok := c.takeOut(regCtx)
 	var lastDereg time.Time
 	for k := range c.regs {
@@ -336,7 +388,7 @@ func (c *Coordinator) run(start time.Time) {
 			lastDereg = later(lastDereg, c.regs[k].deregisteredAt)
 		}
 	}
-	if regCtx.Err() != nil {
+	if regCtx.Err() != nil && len(o.regs) > 0 {
 		// Name the phase that ran out: removal, if any registry never
 		// removed the instance; otherwise confirmation.
 		p := Confirming
@@ -361,34 +413,81 @@ func (c *Coordinator) run(start time.Time) {
 	if o.longLivedGrace > 0 {
 		cond.LongLivedUntil = now.Add(o.longLivedGrace)
 	}
-	if err := c.t.WaitIdle(drainCtx, cond); err != nil {
+	err := o.source.Drain(drainCtx, cond)
+	c.emit(Event{Kind: EventSource, Source: o.source.String(), Err: err})
+	var se *SourceError
+	switch {
+	case drainCtx.Err() != nil:
 		cut(Draining, drainCtx)
+	case errors.As(err, &se):
+		errs = append(errs, err)
+	case err != nil:
+		errs = append(errs, fmt.Errorf("drain: %s: %w", o.source, err))
 	}
 	cancelDrain()
 
 	c.enter(Stopping)
 	hookCtx, cancelHooks := c.until(base, deadline)
-	for k := len(o.hooks) - 1; k >= 0; k-- {
-		h := o.hooks[k]
-		err := runHook(hookCtx, h)
-		c.emit(Event{Kind: EventStopHook, Hook: h.Name, Err: err})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("drain: stop hook %q: %w", h.Name, err))
-		}
-	}
+	abandoned := c.runHooks(hookCtx, &errs)
 	if hookCtx.Err() != nil && len(o.hooks) > 0 {
+		// The hooks ran, or were abandoned, with the context ended.
 		cut(Stopping, hookCtx)
 	}
 	cancelHooks()
+	c.mu.Lock()
+	c.report.Abandoned = abandoned
+	c.mu.Unlock()
+	c.finish(start, errs)
+}
 
+// finish records the report and the error, then enters Offline, so that
+// whoever sees Offline (Status, Done) sees the outcome with it.
+func (c *Coordinator) finish(start time.Time, errs []error) {
+	err := errors.Join(errs...)
+	c.mu.Lock()
+	c.report.Outcome = OutcomeOf(err)
+	c.report.Instance = c.inst
+	c.report.Source = c.o.source.String()
+	c.report.Started = start
+	c.report.Duration = c.o.clock.Now().Sub(start)
+	c.report.Registries = slices.Clone(c.regs)
+	c.report.Late = c.t.Stats().Late
+	c.err = err
+	c.mu.Unlock()
 	c.enter(Offline)
 	c.mu.Lock()
-	c.report.Started = start
-	c.report.Duration = o.clock.Now().Sub(start)
-	c.report.Registries = append([]RegistryStatus(nil), c.regs...)
-	c.report.Late = c.t.Stats().Late
-	c.err = errors.Join(errs...)
+	c.report.Phases = slices.Clone(c.report.Phases)
 	c.mu.Unlock()
+}
+
+// runHooks runs the stop hooks in reverse order, each with ctx. A hook
+// still running hookGrace after ctx ended is abandoned: its error is
+// recorded, and the next hook starts (with the ended context, and the same
+// grace). It returns the names of the hooks abandoned.
+func (c *Coordinator) runHooks(ctx context.Context, errs *[]error) (abandoned []string) {
+	for k := len(c.o.hooks) - 1; k >= 0; k-- {
+		h := c.o.hooks[k]
+		done := make(chan error, 1)
+		go func() { done <- runHook(ctx, h) }()
+		var err error
+		select {
+		case err = <-done:
+		case <-ctx.Done():
+			grace := c.o.clock.NewTimer(hookGrace)
+			select {
+			case err = <-done:
+			case <-grace.C():
+				abandoned = append(abandoned, h.Name)
+				err = fmt.Errorf("abandoned, still running %v after %v", hookGrace, context.Cause(ctx))
+			}
+			grace.Stop()
+		}
+		c.emit(Event{Kind: EventStopHook, Hook: h.Name, Err: err})
+		if err != nil {
+			*errs = append(*errs, fmt.Errorf("drain: stop hook %q: %w", h.Name, err))
+		}
+	}
+	return abandoned
 }
 
 // runHook runs h, turning a panic into an error so that the remaining hooks
@@ -423,21 +522,136 @@ func (c *Coordinator) until(parent context.Context, t time.Time) (context.Contex
 	return ctx, func() { timer.Stop(); cancel(context.Canceled) }
 }
 
+// ErrNoInstance is wrapped by the protocol's error when WithLookup found no
+// instance with the given ID in any registry that answered.
+var ErrNoInstance = errors.New("drain: no such instance")
+
+// validateInstance checks i as WithInstance needs it: whole, or with
+// lookup, a service and an ID or an address.
+func validateInstance(i registry.Instance, lookup bool) error {
+	if !lookup || (i.Address != "" && i.Port != 0) {
+		return i.Validate()
+	}
+	switch {
+	case i.Service == "":
+		return errors.New("drain: the instance has no service name; set Instance.Service")
+	case i.ID == "" && i.Address == "":
+		return fmt.Errorf("drain: the instance of %q has neither an ID nor an address; give one to look it up by", i.Service)
+	}
+	return nil
+}
+
+// lookup finds the instance in the registries' lists by its ID or its
+// address, all registries at once, each within lookupShare. The first
+// registry to list it wins: its view has the ID it knows the instance by.
+func (c *Coordinator) lookup(ctx context.Context) error {
+	want := c.o.inst
+	ctx, cancel := c.until(ctx, c.o.clock.Now().Add(lookupShare))
+	defer cancel()
+	type answer struct {
+		in    registry.Instance
+		found bool
+		err   error
+	}
+	answers := make(chan answer, len(c.o.regs))
+	for _, r := range c.o.regs {
+		go func() {
+			list, err := listOnce(ctx, r, want.Service)
+			for _, in := range list {
+				if (want.ID != "" && in.ID == want.ID) || (want.Address != "" && in.Address == want.Address && in.Port == want.Port) {
+					answers <- answer{in: in, found: true}
+					return
+				}
+			}
+			answers <- answer{err: err}
+		}()
+	}
+	answered := false
+	for range c.o.regs {
+		a := <-answers
+		if a.found {
+			cancel()
+			c.mu.Lock()
+			c.inst = a.in
+			c.mu.Unlock()
+			return nil
+		}
+		answered = answered || a.err == nil
+	}
+	if answered && (want.Address == "" || want.Port == 0) {
+		return fmt.Errorf("%w: no instance with ID %q in %q; give its address instead, or check the ID with `lameduck status`", ErrNoInstance, want.ID, want.Service)
+	}
+	// Not listed (already out, disabled) or no registry answered: still
+	// make sure it is out, as given; the removal reports the registries.
+	return nil
+}
+
+// listOnce returns what r lists for service right now: the first answer
+// of a watch.
+func listOnce(ctx context.Context, r registry.Registry, service string) ([]registry.Instance, error) {
+	w, err := r.Watch(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	return w.Next(ctx)
+}
+
+// fanOut runs f for every registry at once, and returns when all have
+// returned. It is the one fan-out over registries: Register, the removal
+// and the confirmation all go through it, so that a slow or unreachable
+// registry delays no other.
+func (c *Coordinator) fanOut(f func(k int, r registry.Registry)) {
+	var wg sync.WaitGroup
+	for k, r := range c.o.regs {
+		wg.Go(func() { f(k, r) })
+	}
+	wg.Wait()
+}
+
+// Register puts the instance in every registry at once, each retried with
+// backoff until it succeeds, the registry refuses it for good
+// (registry.ErrRejected), or ctx ends; Status shows each registry as
+// registering, retrying (with the last error), registered or failed. It
+// returns the failures, each a *registry.Error. Call it before Start; an
+// App does, once its readiness check passes.
+func (c *Coordinator) Register(ctx context.Context) error {
+	errs := make([]error, len(c.o.regs))
+	c.fanOut(func(k int, r registry.Registry) {
+		c.setReg(k, func(s *RegistryStatus) { s.State, s.Error, s.err = "registering", "", nil })
+		err := c.retry(ctx, k, r, func(ctx context.Context) error {
+			c.setReg(k, func(s *RegistryStatus) { s.Attempts++ })
+			return r.Register(ctx, c.o.inst)
+		})
+		if err != nil {
+			err = &registry.Error{Registry: r.String(), Op: "register", Err: err}
+			errs[k] = err
+			c.setReg(k, func(s *RegistryStatus) { s.State, s.Error, s.err = "failed", err.Error(), err })
+			c.emit(Event{Kind: EventGaveUp, Registry: r.String(), Err: err})
+			return
+		}
+		c.setReg(k, func(s *RegistryStatus) { s.State, s.Error, s.err, s.Attempts = "registered", "", nil, 0 })
+		c.emit(Event{Kind: EventRegistered, Registry: r.String()})
+	})
+	return errors.Join(errs...)
+}
+
 // takeOut removes (or disables) the instance from every registry in
 // parallel and confirms each as soon as its own removal succeeded, so a slow
 // or unreachable registry delays no other. Each registry's watch is opened
 // before the removal, so that confirmation comes from a push that happened
 // after it, as consumers receive it. Calls are retried with backoff until
-// they succeed or ctx ends. The phase moves to Confirming once every removal
-// has ended. It reports which registries removed the instance.
+// they succeed, are refused for good, or ctx ends. The phase moves to
+// Confirming once every removal has ended. It reports which registries
+// removed the instance.
 func (c *Coordinator) takeOut(ctx context.Context) []bool {
 	ok := make([]bool, len(c.o.regs))
-	var removing, all sync.WaitGroup
-	for k, r := range c.o.regs {
-		removing.Add(1)
-		all.Add(1)
-		go func() {
-			defer all.Done()
+	var removing sync.WaitGroup
+	removing.Add(len(c.o.regs))
+	all := make(chan struct{})
+	go func() {
+		defer close(all)
+		c.fanOut(func(k int, r registry.Registry) {
 			g, err := c.remove(ctx, k, r)
 			removing.Done()
 			if err != nil {
@@ -447,30 +661,31 @@ func (c *Coordinator) takeOut(ctx context.Context) []bool {
 			}
 			ok[k] = true
 			c.confirm(ctx, k, r, g)
-		}()
-	}
+		})
+	}()
 	removing.Wait()
 	c.enter(Confirming)
-	all.Wait()
+	<-all
 	return ok
 }
 
 // remove opens the watch and removes the instance from r, retrying.
 func (c *Coordinator) remove(ctx context.Context, k int, r registry.Registry) (*registry.GoneWatch, error) {
 	c.setReg(k, func(s *RegistryStatus) { s.State = "deregistering" })
+	inst := c.instance()
 	var g *registry.GoneWatch
-	err := c.retry(ctx, r, func() error {
+	err := c.retry(ctx, k, r, func(ctx context.Context) error {
 		c.setReg(k, func(s *RegistryStatus) { s.Attempts++ })
 		if g == nil {
 			var err error
-			if g, err = registry.WatchGone(ctx, r, c.o.inst, c.goneOptions(k, r)); err != nil {
+			if g, err = registry.WatchGone(ctx, r, inst, c.goneOptions(k, r)); err != nil {
 				return err
 			}
 		}
 		if c.o.disable {
-			return r.(registry.Disabler).Disable(ctx, c.o.inst)
+			return r.(registry.Disabler).Disable(ctx, inst)
 		}
-		return r.Deregister(ctx, c.o.inst)
+		return r.Deregister(ctx, inst)
 	})
 	if err != nil {
 		if g != nil {
@@ -479,7 +694,7 @@ func (c *Coordinator) remove(ctx context.Context, k int, r registry.Registry) (*
 		return nil, err
 	}
 	now := c.o.clock.Now()
-	c.setReg(k, func(s *RegistryStatus) { s.State, s.deregisteredAt = "deregistered", now })
+	c.setReg(k, func(s *RegistryStatus) { s.State, s.Error, s.err, s.deregisteredAt = "deregistered", "", nil, now })
 	c.emit(Event{Kind: EventDeregistered, Registry: r.String()})
 	return g, nil
 }
@@ -487,10 +702,11 @@ func (c *Coordinator) remove(ctx context.Context, k int, r registry.Registry) (*
 // confirm waits for r's watch to drop the instance. A watch that fails is
 // reopened (with backoff) until ctx ends.
 func (c *Coordinator) confirm(ctx context.Context, k int, r registry.Registry, g *registry.GoneWatch) {
-	err := c.retry(ctx, r, func() error {
+	inst := c.instance()
+	err := c.retry(ctx, k, r, func(ctx context.Context) error {
 		if g == nil {
 			var err error
-			if g, err = registry.WatchGone(ctx, r, c.o.inst, c.goneOptions(k, r)); err != nil {
+			if g, err = registry.WatchGone(ctx, r, inst, c.goneOptions(k, r)); err != nil {
 				return err
 			}
 		}
@@ -513,9 +729,17 @@ func (c *Coordinator) confirm(ctx context.Context, k int, r registry.Registry, g
 	var lat time.Duration
 	c.setReg(k, func(s *RegistryStatus) {
 		lat = now.Sub(s.deregisteredAt)
-		s.State, s.ConfirmLatency = "confirmed", lat
+		s.State, s.Error, s.err, s.ConfirmLatency = "confirmed", "", nil, lat
 	})
 	c.emit(Event{Kind: EventConfirmed, Registry: r.String(), Latency: lat})
+}
+
+// instance returns the instance the protocol acts on: WithInstance's, as
+// the lookup completed it.
+func (c *Coordinator) instance() registry.Instance {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inst
 }
 
 // goneOptions makes r's confirmation follow every server of its cluster
@@ -545,31 +769,19 @@ func (c *Coordinator) goneOptions(k int, r registry.Registry) registry.GoneOptio
 	}
 }
 
-// retry calls f until it succeeds or ctx ends, waiting the backoff policy's
-// delay between attempts. It returns f's last error, annotated when ctx ended.
-func (c *Coordinator) retry(ctx context.Context, r registry.Registry, f func() error) error {
-	for attempt := 0; ; attempt++ {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return lastError(ctx, err)
-		}
-		d := c.o.backoff.Delay(attempt)
+// retry is backoff.Retry on the coordinator's clock and policy for
+// registry k: each failure shows in k's status as the last error, and as
+// an EventRetry.
+func (c *Coordinator) retry(ctx context.Context, k int, r registry.Registry, f func(ctx context.Context) error) error {
+	return backoff.Retry(ctx, c.o.clock, c.o.backoff, f, func(err error, d time.Duration) {
+		c.setReg(k, func(s *RegistryStatus) {
+			if s.State == "registering" {
+				s.State = "retrying"
+			}
+			s.Error, s.err = err.Error(), err
+		})
 		c.emit(Event{Kind: EventRetry, Registry: r.String(), Delay: d, Err: err})
-		t := c.o.clock.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return lastError(ctx, err)
-		case <-t.C():
-		}
-	}
-}
-
-func lastError(ctx context.Context, err error) error {
-	return fmt.Errorf("%w (gave up: %v)", err, context.Cause(ctx))
+	})
 }
 
 func later(a, b time.Time) time.Time {

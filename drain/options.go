@@ -39,6 +39,9 @@ type options struct {
 	stopReserveSet bool
 	longLivedGrace time.Duration
 	hooks          []StopHook
+	source         Source
+	sourceSet      bool
+	lookup         bool
 	onEvent        func(Event)
 	clock          clock.Clock
 	backoff        backoff.Policy
@@ -112,8 +115,30 @@ func WithLongLivedGrace(d time.Duration) Option {
 	return func(o *options) { o.longLivedGrace = d }
 }
 
+// WithSource sets what the Draining phase waits on instead of the
+// coordinator's own tracker: an app's admin endpoint (admin.Client) or a
+// port's connections (conncount.Drainer). A nil Source means there is
+// nothing to drain here, and the registries get the whole budget but the
+// stop reserve. The coordinator's tracker is set draining all the same.
+func WithSource(s Source) Option {
+	return func(o *options) { o.source, o.sourceSet = s, true }
+}
+
+// WithLookup says the instance given to WithInstance may be named by its ID
+// alone or its address alone: the coordinator first finds it in the
+// registries' lists, as part of the registries' share of the budget. An
+// instance no registry that answered lists by that ID ends the protocol
+// with ErrNoInstance; when no registry answers, the protocol goes on with
+// the instance as given.
+func WithLookup() Option {
+	return func(o *options) { o.lookup = true }
+}
+
 // WithStopHook adds a hook for the Stopping phase. Hooks run one at a time
 // in reverse order of registration, each even if an earlier one failed.
+// A hook must return soon after its context ends: one still running
+// hookGrace after that is abandoned (left running, reported as cut), so
+// that the deadline, and a second signal, hold.
 func WithStopHook(name string, stop func(ctx context.Context) error) Option {
 	return func(o *options) { o.hooks = append(o.hooks, StopHook{Name: name, Stop: stop}) }
 }

@@ -63,9 +63,11 @@ const (
 	EventGaveUp                        // Event.Registry could not be handled within the budget (Event.Err)
 	EventStopHook                      // stop hook Event.Hook returned Event.Err (nil on success)
 	EventView                          // Event.View, one server of Event.Registry's cluster, did Event.ViewKind (see registry.ViewEvent)
+	EventRegistered                    // Register put the instance in Event.Registry
+	EventSource                        // the Draining phase's Source (Event.Source) returned Event.Err (nil: drained)
 )
 
-var eventNames = [...]string{"phase", "deregistered", "retry", "confirmed", "gave-up", "stop-hook", "view"}
+var eventNames = [...]string{"phase", "deregistered", "retry", "confirmed", "gave-up", "stop-hook", "view", "registered", "source"}
 
 func (k EventKind) String() string {
 	if k >= 0 && int(k) < len(eventNames) {
@@ -83,6 +85,7 @@ type Event struct {
 	Elapsed  time.Duration          // since the protocol started
 	Registry string                 // for registry events
 	Hook     string                 // for EventStopHook
+	Source   string                 // for EventSource: the Source's String
 	Delay    time.Duration          // for EventRetry
 	Latency  time.Duration          // for EventConfirmed: deregistration to confirmation; for EventView: the watch's opening to the event
 	View     string                 // for EventView: the server, as in "consul://127.0.0.12:8500"

@@ -146,8 +146,16 @@ var ErrNotSupported = errors.New("registry: not supported by this backend")
 
 // ErrRejected is wrapped by errors a registry answered with a refusal that
 // retrying will not change (a malformed request, a permission denied), as
-// opposed to an outage. Callers that retry stop on it.
-var ErrRejected = errors.New("registry: request rejected")
+// opposed to an outage. Callers that retry stop on it: it reports itself
+// Permanent, which is what lameduck's one retry loop looks for.
+var ErrRejected error = rejected{}
+
+type rejected struct{}
+
+func (rejected) Error() string { return "registry: request rejected" }
+
+// Permanent reports that retrying cannot change a refusal.
+func (rejected) Permanent() bool { return true }
 
 // Error is an error from one named registry, so a caller acting on several
 // can tell which failed.
