@@ -44,7 +44,7 @@ func (e *PhaseError) Unwrap() error { return e.Err }
 
 // RegistryStatus is where the protocol stands with one registry.
 type RegistryStatus struct {
-	Name           string        `json:"name"`
+	Name string `json:"name"`
 	// State is registering, retrying (Error says why), registered,
 	// deregistering, deregistered, confirmed or failed (Error says why).
 	State          string        `json:"state"`
@@ -76,7 +76,7 @@ type PhaseSpan struct {
 
 // Report is the outcome of one run of the protocol.
 type Report struct {
-	Outcome    Outcome           `json:"outcome"` // OutcomeOf the protocol's error
+	Outcome    Outcome           `json:"outcome"`  // OutcomeOf the protocol's error
 	Instance   registry.Instance `json:"instance"` // as the registries know it, after WithLookup
 	Source     string            `json:"source"`   // what the Draining phase waited on
 	Started    time.Time         `json:"started"`
@@ -116,7 +116,7 @@ type Coordinator struct {
 	// ErrForced, at once, whichever phase the protocol is in.
 	base  context.Context
 	force context.CancelCauseFunc
-	done      chan struct{}
+	done  chan struct{}
 
 	mu       sync.Mutex
 	inst     registry.Instance // o.inst, completed by the lookup
