@@ -29,6 +29,7 @@ import (
 
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/internal/backoff"
+	"github.com/lameduck/lameduck/internal/clock"
 	"github.com/lameduck/lameduck/pkg/admin"
 	"github.com/lameduck/lameduck/pkg/supervisor"
 	"github.com/lameduck/lameduck/registry"
@@ -48,44 +49,30 @@ const (
 // it. Consul accepts only letters, digits, '_' and '-' in metadata keys.
 const MetaAdmin = "lameduck_admin"
 
-// ExitCode maps Run's error (or the coordinator's) to a process exit code:
-// ExitForced when the drain or the stop was cut short (the deadline or a
-// second signal), ExitRegistry when only the registry work failed or ran
-// out of time (the drain itself finished), ExitFailed otherwise.
-func ExitCode(err error) int {
-	if err == nil {
-		return ExitOK
-	}
-	if errors.Is(err, drain.ErrForced) {
-		return ExitForced
-	}
-	registryTrouble := false
-	var pe *drain.PhaseError
-	var re *registry.Error
-	for _, e := range leaves(err) {
-		switch {
-		case errors.As(e, &pe) && pe.Phase >= drain.Draining:
-			return ExitForced
-		case errors.As(e, &pe), errors.As(e, &re):
-			registryTrouble = true
-		}
-	}
-	if registryTrouble {
-		return ExitRegistry
-	}
-	return ExitFailed
+// exitCodes is the one table from a drain.Outcome to a process exit code.
+var exitCodes = map[drain.Outcome]int{
+	drain.OutcomeDrained:             ExitOK,
+	drain.OutcomeFailed:              ExitFailed,
+	drain.OutcomeBadInput:            ExitBadInput,
+	drain.OutcomeRegistryUnreachable: ExitRegistry,
+	drain.OutcomeRegistryRejected:    ExitRegistry,
+	drain.OutcomeForced:              ExitForced,
 }
 
-// leaves flattens the errors.Join tree of err.
-func leaves(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, leaves(e)...)
-		}
-		return out
+// ExitCode maps Run's error (or the coordinator's) to a process exit code,
+// through its drain.OutcomeOf: ExitForced when the drain or the stop was
+// cut short (the deadline or a second signal), ExitRegistry when only the
+// registry work failed, was refused or ran out of time (the drain itself
+// finished), ExitFailed otherwise.
+func ExitCode(err error) int { return OutcomeExitCode(drain.OutcomeOf(err)) }
+
+// OutcomeExitCode is the exit code for an outcome; an unknown one (from a
+// newer app, say) is ExitFailed.
+func OutcomeExitCode(o drain.Outcome) int {
+	if code, ok := exitCodes[o]; ok {
+		return code
 	}
-	return []error{err}
+	return ExitFailed
 }
 
 // Option configures an App.
@@ -240,6 +227,8 @@ func (a *App) event(e drain.Event) {
 	switch e.Kind {
 	case drain.EventPhase:
 		l.Info("lameduck: phase", "phase", e.Phase.String(), "elapsed", e.Elapsed, "in_flight", e.InFlight)
+	case drain.EventRegistered:
+		l.Info("lameduck: registered", "registry", e.Registry, "instance", a.inst.Key())
 	case drain.EventDeregistered:
 		l.Info("lameduck: removed from registry", "registry", e.Registry)
 	case drain.EventConfirmed:
@@ -367,44 +356,28 @@ func (a *App) becomeReady(ctx context.Context) error {
 	return a.retry(ctx, "readiness check", a.o.ready)
 }
 
-// register registers the instance in every registry, each retried with
-// backoff until it succeeds or ctx ends. It returns the refusals that
-// retrying cannot change (registry.ErrRejected).
+// register registers the instance in every registry through the
+// coordinator, which retries each until it succeeds, is refused for good,
+// or ctx ends, and shows where each stands in /status. It returns the
+// refusals that retrying cannot change (registry.ErrRejected).
 func (a *App) register(ctx context.Context) error {
-	errs := make([]error, len(a.regs))
-	var wg sync.WaitGroup
-	for k, r := range a.regs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := a.retry(ctx, "register in "+r.String(), func(ctx context.Context) error { return r.Register(ctx, a.inst) })
-			switch {
-			case err == nil:
-				a.o.log.Info("lameduck: registered", "registry", r.String(), "instance", a.inst.Key())
-			case errors.Is(err, registry.ErrRejected):
-				a.o.log.Error("lameduck: the registry refused the registration; going offline", "registry", r.String(), "err", err)
-				errs[k] = err
-			}
-		}()
+	var refused []error
+	var failed []error // Register's errors.Join: one *registry.Error each
+	if j, ok := a.coord.Register(ctx).(interface{ Unwrap() []error }); ok {
+		failed = j.Unwrap()
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	for _, err := range failed {
+		// The others ended with ctx: going offline before registering.
+		if errors.Is(err, registry.ErrRejected) {
+			a.o.log.Error("lameduck: the registry refused the registration; going offline", "err", err)
+			refused = append(refused, err)
+		}
+	}
+	return errors.Join(refused...)
 }
 
 func (a *App) retry(ctx context.Context, what string, f func(ctx context.Context) error) error {
-	for attempt := 0; ; attempt++ {
-		err := f(ctx)
-		if err == nil || ctx.Err() != nil || errors.Is(err, registry.ErrRejected) {
-			return err
-		}
-		d := a.o.backoff.Delay(attempt)
+	return backoff.Retry(ctx, clock.Real{}, a.o.backoff, f, func(err error, d time.Duration) {
 		a.o.log.Warn("lameduck: "+what+" failed, retrying", "err", err, "delay", d)
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
+	})
 }

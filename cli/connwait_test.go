@@ -71,7 +71,7 @@ func TestPrestopConnWait(t *testing.T) {
 		{"conn-wait json", false, []string{"--conn-wait", "100ms", "--output", "json"}, ExitOK, 1, ""},
 		{"conn-wait 0 json", false, []string{"--conn-wait", "0", "--output", "json"}, ExitOK, 1, ""},
 		{"conn-wait text", false, []string{"--conn-wait", "100ms"}, ExitOK, 0,
-			"--conn-wait 100ms passed; connections on port PORT still carrying requests: 1, left to the app's graceful shutdown after SIGTERM"},
+			"the connection wait (100ms) passed; 1 connections on port PORT still carry requests, left to the app's graceful shutdown after SIGTERM"},
 		{"unset: forced at the deadline", false, []string{"--grace-period", "2s", "--margin", "1s", "--output", "json"}, ExitForced, 0, ""},
 		{"idle connection, unset: drained", true, []string{"--grace-period", "20s", "--margin", "1s", "--output", "json"}, ExitOK, 0, ""},
 	}

@@ -20,12 +20,13 @@ import (
 	"github.com/lameduck/lameduck/adapters"
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/pkg/admin"
+	"github.com/lameduck/lameduck/pkg/conncount"
 	"github.com/lameduck/lameduck/registry"
 )
 
 // Result is what `offline` and `prestop` print with --output json.
 type Result struct {
-	Outcome      string            `json:"outcome"` // drained, forced, registry-unreachable, failed
+	Outcome      drain.Outcome     `json:"outcome"` // see drain.Outcome; "deregistered" when nothing was followed
 	ExitCode     int               `json:"exit_code"`
 	Instance     registry.Instance `json:"instance"`
 	DurationMS   int64             `json:"duration_ms"`
@@ -100,22 +101,23 @@ func offlineCommand() *ucli.Command {
 	}
 }
 
-// offlineJob is one offline, from the flags.
+// offlineJob is one offline, from the flags. Every way in (offline,
+// prestop in both modes) runs it through one drain.Coordinator, which owns
+// the deadline and splits the budget.
 type offlineJob struct {
 	regs       []adapters.Registry
 	inst       registry.Instance
 	disable    bool
 	budget     time.Duration
-	quiet      time.Duration
+	quiet      time.Duration // the drain's quiet window, for a source that uses it
 	adminURL   string
 	adminToken string
 	json       bool
 	wait       bool
 	pid        int
-	// drainLocal, when set, waits for the instance to drain by other means
-	// (prestop's TCP count); it runs after confirmation. open is what it
-	// leaves to the app's own shutdown (Result.OpenConns).
-	drainLocal func(ctx context.Context, progress func(string)) (open int, err error)
+	// conns, when set, drains the app's port's connections (plain
+	// prestop) in the Draining phase.
+	conns *conncount.Drainer
 }
 
 // checkJobFlags checks the flags offline and prestop (both modes) share
@@ -165,7 +167,6 @@ func parseOfflineJob(c *ucli.Context) (*offlineJob, error) {
 		inst:       inst,
 		disable:    c.Bool("disable"),
 		budget:     budget,
-		quiet:      drain.DefaultQuietWindow,
 		adminURL:   c.String("admin"),
 		adminToken: c.String("admin-token"),
 		json:       c.String("output") == "json",
@@ -193,23 +194,32 @@ func splitHostPort(s string) (string, int, error) {
 	return host, port, nil
 }
 
-// runOfflineJob runs the job under its budget and reports the result.
+// runOfflineJob runs the job and reports the result.
 func runOfflineJob(c *ucli.Context, job *offlineJob) error {
 	defer adapters.CloseAll(job.regs)
 	out := c.App.Writer
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(c.Context, job.budget)
-	defer cancel()
 	progress := newProgress(out, job.json)
 
 	res := Result{Instance: job.inst}
-	err := job.run(ctx, progress, &res)
-	res.DurationMS = time.Since(start).Milliseconds()
-	res.ExitCode = ExitCode(err)
-	if err == nil && job.adminURL == "" && job.drainLocal == nil {
-		res.Outcome = "deregistered" // nothing here followed its requests
+	var err error
+	if job.wait {
+		err = job.run(c.Context, progress, &res)
+	} else {
+		err = job.removeOnly(c.Context, progress, &res)
 	}
+	res.DurationMS = time.Since(start).Milliseconds()
 	progress.done()
+	if res.Outcome == "" {
+		res.Outcome = drain.OutcomeOf(err)
+		if e := (*exitError)(nil); errors.As(err, &e) {
+			res.Outcome = outcomeOfExit(e.code)
+		}
+	}
+	res.ExitCode = lameduck.OutcomeExitCode(res.Outcome)
+	if res.Outcome == drain.OutcomeDrained && job.adminURL == "" && job.conns == nil {
+		res.Outcome = outcomeDeregistered
+	}
 	if job.json {
 		return printResult(out, res, err)
 	}
@@ -217,28 +227,46 @@ func runOfflineJob(c *ucli.Context, job *offlineJob) error {
 		return &exitError{code: res.ExitCode, err: err}
 	}
 	took := time.Since(start).Round(time.Millisecond)
-	if job.adminURL == "" && job.drainLocal == nil {
-		// Nothing here watched the instance's own requests: say so.
-		fmt.Fprintf(out, "%s: %s is out of every registry, confirmed, in %s (its in-flight requests were not followed; give --admin to follow its drain)\n",
-			job.inst.Service, job.inst.Key(), took)
+	if len(job.regs) == 0 {
+		fmt.Fprintf(out, "the app at %s is offline after %s\n", job.adminURL, took)
 		return nil
 	}
-	fmt.Fprintf(out, "%s: %s drained in %s\n", job.inst.Service, job.inst.Key(), took)
+	if job.adminURL == "" && job.conns == nil {
+		// Nothing here watched the instance's own requests: say so.
+		fmt.Fprintf(out, "%s: %s is out of every registry, confirmed, in %s (its in-flight requests were not followed; give --admin to follow its drain)\n",
+			job.inst.Service, res.Instance.Key(), took)
+		return nil
+	}
+	fmt.Fprintf(out, "%s: %s drained in %s\n", job.inst.Service, res.Instance.Key(), took)
 	return nil
+}
+
+// outcomeDeregistered is offline's outcome when it followed no drain: the
+// instance is out of every registry, confirmed, and nothing more is known.
+const outcomeDeregistered drain.Outcome = "deregistered"
+
+// terminate sends SIGTERM to pid: offline --stop --pid's stop hook.
+func terminate(pid int) error {
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("offline: SIGTERM to pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// outcomeOfExit names the outcome of an error that carries its exit code.
+func outcomeOfExit(code int) drain.Outcome {
+	switch code {
+	case lameduck.ExitBadInput:
+		return drain.OutcomeBadInput
+	case lameduck.ExitForced:
+		return drain.OutcomeForced
+	}
+	return drain.OutcomeFailed
 }
 
 // printResult prints res, completed from err, as one JSON object, and
 // returns err as a quiet exitError with res.ExitCode, or nil.
 func printResult(out io.Writer, res Result, err error) error {
-	if res.Outcome == "" {
-		res.Outcome = map[int]string{
-			lameduck.ExitOK: "drained", lameduck.ExitRegistry: "registry-unreachable",
-			lameduck.ExitForced: "forced", lameduck.ExitBadInput: "bad-input",
-		}[res.ExitCode]
-	}
-	if res.Outcome == "" {
-		res.Outcome = "failed"
-	}
 	if err != nil {
 		res.Error = err.Error()
 	}
@@ -251,196 +279,141 @@ func printResult(out io.Writer, res Result, err error) error {
 	return nil
 }
 
-// run: resolve the instance, take it out of the registries and confirm,
-// then follow its drain.
+// run takes the instance offline through the coordinator: look it up,
+// take it out of the registries and confirm, drain it through the job's
+// source (the app's admin endpoint, the port's connections, or nothing),
+// then, with --pid, SIGTERM the process. The first interrupt forces the
+// coordinator, which then reports at once.
 func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result) error {
 	regs := make([]registry.Registry, len(job.regs))
 	for k, r := range job.regs {
 		regs[k] = r
 	}
-	inst, err := resolveInstance(ctx, regs, job.inst)
-	if err != nil {
-		return err
+	var sources []drain.Source
+	var follower *admin.Follower
+	if job.adminURL != "" {
+		cl, err := newAdminClient(job.adminURL, job.adminToken)
+		if err != nil {
+			return badInput("--admin: %v", err)
+		}
+		follower = &admin.Follower{Client: cl, OnStatus: func(st drain.Status) {
+			progress.say(st.Phase.String(), fmt.Sprintf("the app: %d in flight, %d long-lived, %d late", st.InFlight, st.LongLived, st.Late))
+		}}
+		sources = append(sources, follower)
 	}
-	job.inst, res.Instance = inst, inst
-	progress.say("Deregistering", fmt.Sprintf("%s from %s", inst.Key(), registry.Multi(regs)))
-
+	if job.conns != nil {
+		job.conns.OnProgress = func(s string) { progress.say("Draining", s) }
+		sources = append(sources, job.conns)
+	}
+	var source drain.Source // nil: nothing to drain here
+	switch len(sources) {
+	case 1:
+		source = sources[0]
+	case 2:
+		source = drain.Sequence(sources...)
+	}
 	opts := []drain.Option{
-		drain.WithRegistries(regs...),
-		drain.WithInstance(inst),
-		drain.WithBudget(job.registryBudget()),
-		drain.WithQuietWindow(0), // the drain itself happens in the instance
+		drain.WithBudget(job.budget),
+		drain.WithQuietWindow(job.quiet),
 		drain.WithStopReserve(0),
-		drain.WithEventHook(func(e drain.Event) {
-			switch e.Kind {
-			case drain.EventConfirmed:
-				progress.say("Confirming", fmt.Sprintf("%s confirmed after %s", e.Registry, e.Latency.Round(time.Millisecond)))
-			case drain.EventRetry:
-				progress.say("Deregistering", fmt.Sprintf("%s: %v; retrying in %s", e.Registry, e.Err, e.Delay.Round(time.Millisecond)))
-			case drain.EventView:
-				progress.say("Confirming", viewProgress(e))
-			}
-		}),
+		drain.WithSource(source),
+		drain.WithEventHook(func(e drain.Event) { progressEvent(progress, e) }),
+	}
+	if len(regs) > 0 {
+		opts = append(opts, drain.WithRegistries(regs...), drain.WithInstance(job.inst), drain.WithLookup())
 	}
 	if job.disable {
 		opts = append(opts, drain.WithDisable())
 	}
-	if !job.wait {
-		for _, r := range regs {
-			var err error
-			if job.disable {
-				d, ok := r.(registry.Disabler)
-				if !ok {
-					return badInput("registry %s cannot disable instances; drop --disable", r)
-				}
-				err = d.Disable(ctx, inst)
-			} else {
-				err = r.Deregister(ctx, inst)
-			}
-			if err != nil {
-				return err
-			}
-		}
-		return nil
+	if job.pid != 0 {
+		opts = append(opts, drain.WithStopHook(fmt.Sprintf("SIGTERM to pid %d", job.pid), func(context.Context) error {
+			return terminate(job.pid)
+		}))
 	}
 	coord, err := drain.New(&drain.Tracker{}, opts...)
 	if err != nil {
-		return &exitError{code: lameduck.ExitBadInput, err: err}
+		return badInput("%v", err)
 	}
-	// The coordinator keeps its own deadline; waiting on ctx would lose its
-	// report at the very moment it matters.
 	coord.Start()
-	rep, regErr := coord.Wait(context.Background())
+	go func() {
+		select {
+		case <-ctx.Done():
+			coord.Force()
+		case <-coord.Done():
+		}
+	}()
+	rep, err := coord.Wait(context.Background())
+	res.Outcome = rep.Outcome
+	if rep.Instance.Service != "" {
+		res.Instance = rep.Instance
+	}
 	for _, r := range rep.Registries {
 		res.Registries = append(res.Registries, registryResult{Name: r.Name, State: r.State, ConfirmLatencyMS: r.ConfirmLatency.Milliseconds(), Error: r.Error, Servers: r.Servers})
 	}
-	if regErr != nil {
-		progress.say("Draining", "registries not all confirmed; draining anyway")
+	if follower != nil {
+		st := follower.Last()
+		res.AdminPhase, res.LateRequests = st.Phase.String(), st.Late
 	}
-	var errs []error
-	if regErr != nil {
-		errs = append(errs, regErr)
+	if job.conns != nil {
+		res.OpenConns = job.conns.Left()
 	}
-	if job.adminURL != "" {
-		phase, late, err := followAdmin(ctx, job.adminURL, job.adminToken, progress)
-		res.AdminPhase, res.LateRequests = phase, late
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if job.drainLocal != nil {
-		open, err := job.drainLocal(ctx, func(s string) { progress.say("Draining", s) })
-		res.OpenConns = open
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if job.pid != 0 && len(errs) == 0 {
-		progress.say("Stopping", fmt.Sprintf("SIGTERM to pid %d", job.pid))
-		if err := syscall.Kill(job.pid, syscall.SIGTERM); err != nil {
-			errs = append(errs, fmt.Errorf("offline: SIGTERM to pid %d: %w", job.pid, err))
-		}
-	}
-	if ctx.Err() != nil && len(errs) > 0 {
-		errs = append(errs, &drain.PhaseError{Phase: drain.Draining, Err: drain.ErrDeadline})
-	}
-	return errors.Join(errs...)
+	return err
 }
 
-// registryBudget is the registries' share of the budget: all of it when
-// nothing follows, half when a drain (the admin endpoint's, or the TCP
-// count) must still fit after them.
-func (job *offlineJob) registryBudget() time.Duration {
-	if job.adminURL != "" || job.drainLocal != nil {
-		return job.budget / 2
+// removeOnly is --wait=false: the instance out of every registry, once
+// each, not confirmed and not drained.
+func (job *offlineJob) removeOnly(ctx context.Context, progress *progress, res *Result) error {
+	regs := make(registry.Multi, len(job.regs))
+	for k, r := range job.regs {
+		regs[k] = r
 	}
-	return job.budget
-}
-
-// resolveInstance finds the instance in the registries' lists, so that an
-// ID alone or an address alone is enough to name it.
-func resolveInstance(ctx context.Context, regs []registry.Registry, want registry.Instance) (registry.Instance, error) {
-	// Each registry is asked apart, briefly, so that one that cannot be
-	// reached delays the offline by seconds, not by the whole budget; the
-	// coordinator then reports it.
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, job.budget)
 	defer cancel()
-	found := make(chan registry.Instance, len(regs))
-	var wg sync.WaitGroup
-	for _, r := range regs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			list, err := listOnce(ctx, r, want.Service)
-			if err != nil {
-				return
-			}
-			for _, in := range list {
-				if (want.ID != "" && in.ID == want.ID) || (want.Address != "" && in.Address == want.Address && in.Port == want.Port) {
-					found <- in
-					return
-				}
-			}
-		}()
+	inst, err := drain.Lookup(ctx, regs, job.inst)
+	if err != nil {
+		return &exitError{code: lameduck.ExitBadInput, err: err}
 	}
-	go func() { wg.Wait(); close(found) }()
-	if in, ok := <-found; ok {
-		return in, nil // the registry's own view, with the ID it knows the instance by
+	res.Instance = inst
+	progress.say("Deregistering", fmt.Sprintf("%s from %s", inst.Key(), regs))
+	if job.disable {
+		return regs.Disable(ctx, inst)
 	}
-	if want.Address != "" {
-		// Not listed (already gone, disabled, or the registry is down):
-		// still make sure it is out.
-		return want, nil
-	}
-	return want, &exitError{code: lameduck.ExitBadInput, err: fmt.Errorf("offline: no instance with ID %q in %q; give --addr host:port, or check the ID with `lameduck status`", want.ID, want.Service)}
+	return regs.Deregister(ctx, inst)
 }
 
-// followAdmin asks a lameduck app to go offline and follows its drain. One
-// long-poll waits for Offline, so the answer arrives even if the app exits
-// right after; a status poll beside it feeds the progress display.
-func followAdmin(ctx context.Context, url, token string, progress *progress) (string, int64, error) {
+// progressEvent shows one of the coordinator's events.
+func progressEvent(p *progress, e drain.Event) {
+	switch e.Kind {
+	case drain.EventPhase:
+		if e.Phase != drain.Offline {
+			p.say(e.Phase.String(), fmt.Sprintf("(%s into the budget)", e.Elapsed.Round(time.Millisecond)))
+		}
+	case drain.EventDeregistered:
+		p.say("Deregistering", e.Registry+" removed it")
+	case drain.EventConfirmed:
+		p.say("Confirming", fmt.Sprintf("%s confirmed after %s", e.Registry, e.Latency.Round(time.Millisecond)))
+	case drain.EventRetry:
+		p.say(e.Phase.String(), fmt.Sprintf("%s: %v; retrying in %s", e.Registry, e.Err, e.Delay.Round(time.Millisecond)))
+	case drain.EventGaveUp:
+		p.say(e.Phase.String(), fmt.Sprintf("%s: gave up: %v", e.Registry, e.Err))
+	case drain.EventView:
+		p.say("Confirming", viewProgress(e))
+	case drain.EventStopHook:
+		if e.Err != nil {
+			p.say("Stopping", fmt.Sprintf("%s: %v", e.Hook, e.Err))
+		} else {
+			p.say("Stopping", e.Hook+": done")
+		}
+	}
+}
+
+// newAdminClient is the one way the commands make an admin client.
+func newAdminClient(url, token string) (*admin.Client, error) {
 	var opts []admin.ClientOption
 	if token != "" {
 		opts = append(opts, admin.WithClientToken(token))
 	}
-	cl, err := admin.NewClient(url, opts...)
-	if err != nil {
-		return "", 0, err
-	}
-	st, err := cl.Offline(ctx)
-	if err != nil {
-		return "", 0, err
-	}
-	show := func(st drain.Status) {
-		progress.say(st.Phase.String(), fmt.Sprintf("%d in flight, %d long-lived, %d late", st.InFlight, st.LongLived, st.Late))
-	}
-	show(st)
-	type waited struct {
-		res admin.WaitResult
-		err error
-	}
-	done := make(chan waited, 1)
-	go func() {
-		res, err := cl.Wait(ctx, drain.Offline, 0)
-		done <- waited{res, err}
-	}()
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case w := <-done:
-			if w.err != nil {
-				return st.Phase.String(), st.Late, w.err
-			}
-			show(w.res.Status)
-			return w.res.Status.Phase.String(), w.res.Status.Late, nil
-		case <-tick.C:
-			if s, err := cl.Status(ctx); err == nil {
-				st = s
-				show(s)
-			}
-		}
-	}
+	return admin.NewClient(url, opts...)
 }
 
 // progress prints phase lines; on a terminal it rewrites one line. It is

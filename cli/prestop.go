@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -92,66 +90,11 @@ func prestopCommand() *ucli.Command {
 				return err
 			}
 			job.wait = true
-			w := connWaiter{counter: counter, quiet: c.Duration("quiet"), wait: connWait, bounded: hasConnWait}
-			job.drainLocal = w.drain
+			job.quiet = c.Duration("quiet")
+			job.conns = &conncount.Drainer{Counter: counter, MaxWait: connWait, Bounded: hasConnWait}
 			return runOfflineJob(c, job)
 		},
 	}
-}
-
-// connPoll is how often plain mode counts the port's connections.
-const connPoll = 10 * time.Millisecond
-
-// errConnWait is the cause of the wait's end when --conn-wait passed.
-var errConnWait = errors.New("prestop: --conn-wait passed")
-
-// connWaiter is plain mode's wait for the app's connections, after the
-// registries confirmed the removal.
-type connWaiter struct {
-	counter *conncount.Counter
-	quiet   time.Duration
-	wait    time.Duration // with bounded: the most the wait may last
-	bounded bool          // --conn-wait was given; otherwise the deadline ends the wait
-}
-
-// drain waits until no connection to the port carries a request and none
-// has arrived for the quiet window, or until the conn wait has passed; it
-// returns how many busy connections it leaves to the app's own shutdown.
-// When ctx (the deadline) ends first it returns conncount's *NotIdleError.
-func (w connWaiter) drain(ctx context.Context, progress func(string)) (int, error) {
-	port := w.counter.Port()
-	left := func(n int) (int, error) {
-		if n > 0 {
-			progress(fmt.Sprintf("--conn-wait %v passed; connections on port %d still carrying requests: %d, "+
-				"left to the app's graceful shutdown after SIGTERM", w.wait, port, n))
-		}
-		return max(n, 0), nil
-	}
-	if w.bounded && w.wait == 0 {
-		a, err := w.counter.Activity(ctx) // no wait: one look, for the report
-		if err != nil {
-			return 0, err
-		}
-		return left(a.Busy)
-	}
-	if a, err := w.counter.Activity(ctx); err == nil && !a.Timed {
-		progress(fmt.Sprintf("waiting for the %d established connections on port %d to close "+
-			"(the kernel does not say which carry requests here; --conn-wait bounds this wait)", a.Established, port))
-	} else {
-		progress(fmt.Sprintf("waiting for the requests on port %d to end", port))
-	}
-	wctx := ctx
-	if w.bounded {
-		var cancel context.CancelFunc
-		wctx, cancel = context.WithTimeoutCause(ctx, w.wait, errConnWait)
-		defer cancel()
-	}
-	err := w.counter.WaitIdle(wctx, w.quiet, connPoll)
-	var ni *conncount.NotIdleError
-	if errors.As(err, &ni) && ctx.Err() == nil && errors.Is(context.Cause(wctx), errConnWait) {
-		return left(ni.Conns)
-	}
-	return 0, err
 }
 
 // prestopAdminOnly drives an app that links lameduck: its own protocol does
@@ -160,27 +103,12 @@ func prestopAdminOnly(c *ucli.Context) error {
 	if err := checkJobFlags(c); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(c.Context, c.Duration("budget"))
-	defer cancel()
-	asJSON := c.String("output") == "json"
-	p := newProgress(c.App.Writer, asJSON)
-	start := time.Now()
-	phase, late, err := followAdmin(ctx, c.String("admin"), c.String("admin-token"), p)
-	p.done()
-	code := ExitOK
-	if err != nil {
-		code = ExitFailed
-		if ctx.Err() != nil { // the deadline, as in plain mode
-			code = ExitForced
-		}
+	job := &offlineJob{
+		budget:     c.Duration("budget"),
+		adminURL:   c.String("admin"),
+		adminToken: c.String("admin-token"),
+		json:       c.String("output") == "json",
+		wait:       true,
 	}
-	if asJSON {
-		res := Result{ExitCode: code, DurationMS: time.Since(start).Milliseconds(), AdminPhase: phase, LateRequests: late}
-		return printResult(c.App.Writer, res, err)
-	}
-	if err != nil {
-		return &exitError{code: code, err: err}
-	}
-	fmt.Fprintf(c.App.Writer, "%s after %s\n", phase, time.Since(start).Round(time.Millisecond))
-	return nil
+	return runOfflineJob(c, job)
 }

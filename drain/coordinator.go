@@ -541,20 +541,39 @@ func validateInstance(i registry.Instance, lookup bool) error {
 	return nil
 }
 
-// lookup finds the instance in the registries' lists by its ID or its
-// address, all registries at once, each within lookupShare. The first
-// registry to list it wins: its view has the ID it knows the instance by.
+// lookup completes the instance from the registries' lists (Lookup),
+// within lookupShare.
 func (c *Coordinator) lookup(ctx context.Context) error {
-	want := c.o.inst
 	ctx, cancel := c.until(ctx, c.o.clock.Now().Add(lookupShare))
+	defer cancel()
+	in, err := Lookup(ctx, c.o.regs, c.o.inst)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.inst = in
+	c.mu.Unlock()
+	return nil
+}
+
+// Lookup finds want, named by its ID or by its address, in the registries'
+// lists, asking all of them at once until ctx ends. The first registry to
+// list it wins: it returns that registry's view of the instance, with the
+// ID the registry knows it by. When no registry lists it, Lookup returns
+// want as given, to be taken out all the same (it may be out already, or
+// disabled, or the registries down), unless want has no address and some
+// registry answered: then no registry knows that ID, and the error wraps
+// ErrNoInstance.
+func Lookup(ctx context.Context, regs []registry.Registry, want registry.Instance) (registry.Instance, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type answer struct {
 		in    registry.Instance
 		found bool
 		err   error
 	}
-	answers := make(chan answer, len(c.o.regs))
-	for _, r := range c.o.regs {
+	answers := make(chan answer, len(regs))
+	for _, r := range regs {
 		go func() {
 			list, err := listOnce(ctx, r, want.Service)
 			for _, in := range list {
@@ -567,23 +586,17 @@ func (c *Coordinator) lookup(ctx context.Context) error {
 		}()
 	}
 	answered := false
-	for range c.o.regs {
+	for range regs {
 		a := <-answers
 		if a.found {
-			cancel()
-			c.mu.Lock()
-			c.inst = a.in
-			c.mu.Unlock()
-			return nil
+			return a.in, nil
 		}
 		answered = answered || a.err == nil
 	}
 	if answered && (want.Address == "" || want.Port == 0) {
-		return fmt.Errorf("%w: no instance with ID %q in %q; give its address instead, or check the ID with `lameduck status`", ErrNoInstance, want.ID, want.Service)
+		return want, fmt.Errorf("%w: no instance with ID %q in %q; give its address instead, or check the ID with `lameduck status`", ErrNoInstance, want.ID, want.Service)
 	}
-	// Not listed (already out, disabled) or no registry answered: still
-	// make sure it is out, as given; the removal reports the registries.
-	return nil
+	return want, nil
 }
 
 // listOnce returns what r lists for service right now: the first answer
@@ -597,17 +610,8 @@ func listOnce(ctx context.Context, r registry.Registry, service string) ([]regis
 	return w.Next(ctx)
 }
 
-// fanOut runs f for every registry at once, and returns when all have
-// returned. It is the one fan-out over registries: Register, the removal
-// and the confirmation all go through it, so that a slow or unreachable
-// registry delays no other.
-func (c *Coordinator) fanOut(f func(k int, r registry.Registry)) {
-	var wg sync.WaitGroup
-	for k, r := range c.o.regs {
-		wg.Go(func() { f(k, r) })
-	}
-	wg.Wait()
-}
+// fanOut runs f for every registry at once (registry.Each).
+func (c *Coordinator) fanOut(f func(k int, r registry.Registry)) { registry.Each(c.o.regs, f) }
 
 // Register puts the instance in every registry at once, each retried with
 // backoff until it succeeds, the registry refuses it for good

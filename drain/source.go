@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/lameduck/lameduck/registry"
 )
@@ -144,4 +145,28 @@ func leaves(err error) []error {
 		return out
 	}
 	return []error{err}
+}
+
+// Sequence is a Source that drains through each of sources in turn, under
+// the one context: an app followed through its admin endpoint, then its
+// port's connections, say. It stops at the first error.
+func Sequence(sources ...Source) Source { return sequence(sources) }
+
+type sequence []Source
+
+func (s sequence) Drain(ctx context.Context, cond Condition) error {
+	for _, src := range s {
+		if err := src.Drain(ctx, cond); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s sequence) String() string {
+	names := make([]string, len(s))
+	for k, src := range s {
+		names[k] = src.String()
+	}
+	return strings.Join(names, ", then ")
 }

@@ -60,18 +60,24 @@ func (m Multi) String() string {
 
 func (m Multi) each(op func(Registry) error, name string) error {
 	errs := make([]error, len(m))
+	Each(m, func(k int, r Registry) {
+		if err := op(r); err != nil {
+			errs[k] = wrap(r, name, err)
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Each calls f for every registry at once, each in its own goroutine, and
+// returns when all calls have returned. It is lameduck's one fan-out over
+// registries: Multi and the drain coordinator both go through it, so that a
+// slow or unreachable registry delays no other.
+func Each(regs []Registry, f func(k int, r Registry)) {
 	var wg sync.WaitGroup
-	for k, r := range m {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := op(r); err != nil {
-				errs[k] = wrap(r, name, err)
-			}
-		}()
+	for k, r := range regs {
+		wg.Go(func() { f(k, r) })
 	}
 	wg.Wait()
-	return errors.Join(errs...)
 }
 
 func wrap(r Registry, op string, err error) error {
