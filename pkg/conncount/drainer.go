@@ -33,6 +33,9 @@ type Drainer struct {
 	// OnProgress, if not nil, gets a line when the wait starts (what is
 	// counted, and how many connections there are) and when it ends.
 	OnProgress func(string)
+	// OnLeft, if not nil, is called with the number of busy connections
+	// when MaxWait passed with some still busy, before Drain returns.
+	OnLeft func(busy int)
 
 	left atomic.Int64
 }
@@ -50,6 +53,9 @@ func (d *Drainer) Drain(ctx context.Context, cond drain.Condition) error {
 	}
 	left := func(n int) error {
 		d.left.Store(int64(max(n, 0)))
+		if n > 0 && d.OnLeft != nil {
+			d.OnLeft(n)
+		}
 		if n > 0 {
 			say("the connection wait (%v) passed; %d connections on port %d still carry requests, "+
 				"left to the app's graceful shutdown after SIGTERM", d.MaxWait, n, c.port)

@@ -64,6 +64,7 @@ import (
 	"time"
 
 	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/pkg/conncount"
 	"github.com/lameduck/lameduck/registry"
 )
@@ -356,23 +357,13 @@ func (s *Supervisor) check(ctx context.Context, f Check, port int) error {
 	return nil
 }
 
-// retry calls f until it succeeds or ctx ends, with backoff between calls.
+// retry is backoff.Retry on the supervisor's clock: f until it succeeds,
+// the registry refuses for good (registry.ErrRejected), or ctx ends. Each
+// failure is an EventRegistryRetry.
 func (s *Supervisor) retry(ctx context.Context, port int, f func(context.Context) error) error {
-	for attempt := 0; ; attempt++ {
-		err := f(ctx)
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		d := s.o.regRetry.Delay(attempt)
-		t := s.o.clock.NewTimer(d)
+	return backoff.Retry(ctx, s.o.clock, s.o.regRetry, f, func(err error, d time.Duration) {
 		s.emit(Event{Kind: EventRegistryRetry, Port: port, Delay: d, Err: err})
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
-		case <-t.C():
-		}
-	}
+	})
 }
 
 // deregister takes a copy's instance out of every registry, retrying for
@@ -388,15 +379,15 @@ func (s *Supervisor) deregister(p *proc) {
 }
 
 // drainOptions are the offline protocol's options; p is nil when New only
-// checks them. idle says whether to wait for the port's connections to go
-// quiet before SIGTERM (pointless for a copy that never took traffic).
+// checks them. idle says whether the Draining phase waits for the port's
+// connections to go quiet before SIGTERM (pointless for a copy that never
+// took traffic). The stop grace is the protocol's stop reserve: the
+// coordinator alone splits the budget.
 func (s *Supervisor) drainOptions(p *proc, idle bool) []drain.Option {
 	opts := []drain.Option{
 		drain.WithBudget(s.o.budget),
-		// The coordinator's tracker counts nothing here: its quiet window
-		// would be a pure wait. The connections' quiet window (awaitIdle)
-		// is the real one.
-		drain.WithQuietWindow(0),
+		drain.WithStopReserve(s.o.stopGrace),
+		drain.WithQuietWindow(s.o.connQuiet),
 		drain.WithEventHook(func(e drain.Event) {
 			ev := Event{Kind: EventDrain, Drain: &e}
 			if p != nil {
@@ -405,15 +396,30 @@ func (s *Supervisor) drainOptions(p *proc, idle bool) []drain.Option {
 			s.emit(ev)
 		}),
 	}
-	var terminate, awaitIdle func(context.Context) error = noop, noop
+	terminate := noop
 	port := s.spec.Instance.Port
 	if p != nil {
-		terminate, awaitIdle, port = s.terminate(p), s.awaitIdle(p), p.port
+		terminate, port = s.terminate(p), p.port
 	}
-	// Hooks run in reverse order: idle connections first, then SIGTERM.
 	opts = append(opts, drain.WithStopHook("terminate", terminate))
+	var conns *conncount.Drainer
 	if idle && port > 0 {
-		opts = append(opts, drain.WithStopHook("idle-connections", awaitIdle))
+		counter, err := conncount.New(port)
+		if err == nil {
+			conns = &conncount.Drainer{Counter: counter, MaxWait: s.o.connWait, Bounded: s.o.connWaitSet, Every: connPoll}
+			if p != nil {
+				conns.OnLeft = func(n int) {
+					s.emit(Event{Kind: EventConnsBusy, PID: p.c.pid, Port: p.port,
+						Err: fmt.Errorf("%w: %d on port %d after %v; SIGTERM lets the child's graceful shutdown end them", ErrConnWait, n, p.port, s.o.connWait)})
+				}
+			}
+			opts = append(opts, drain.WithSource(conns))
+		}
+	}
+	if conns == nil {
+		// The coordinator's own tracker counts nothing here: nothing to
+		// drain.
+		opts = append(opts, drain.WithSource(nil))
 	}
 	return append(opts, s.o.drainOpts...)
 }
@@ -466,63 +472,6 @@ func (s *Supervisor) reap(c *child) error {
 	err := c.signal(syscall.SIGKILL)
 	<-c.done
 	return err
-}
-
-// awaitIdle is the stop hook that runs first: it waits until no connection
-// to the copy's port carries a request and none has arrived for the quiet
-// window (conncount.WaitIdle), or until the conn wait (WithConnWait) has
-// passed, leaving the stop grace of the budget for the child to exit. Idle
-// keep-alive connections and streams do not hold it up, and requests still
-// running when the conn wait passes do not fail the offline: the child's
-// own graceful shutdown after SIGTERM ends them. They are reported with
-// EventConnsBusy.
-func (s *Supervisor) awaitIdle(p *proc) func(context.Context) error {
-	return func(ctx context.Context) error {
-		if p.c.exited() {
-			return nil
-		}
-		counter, err := conncount.New(p.port)
-		if err != nil {
-			return fmt.Errorf("supervisor: %w", err)
-		}
-		busy := func(n int) error {
-			return fmt.Errorf("%w: %d on port %d after %v; SIGTERM lets the child's graceful shutdown end them", ErrConnWait, n, p.port, s.o.connWait)
-		}
-		if s.o.connWaitSet && s.o.connWait == 0 {
-			// No wait: one look, for the report.
-			a, err := counter.Activity(ctx)
-			if err != nil || a.Busy > 0 {
-				if err == nil {
-					err = busy(a.Busy)
-				}
-				s.emit(Event{Kind: EventConnsBusy, PID: p.c.pid, Port: p.port, Err: err})
-			}
-			return nil
-		}
-		wctx, cancel := context.WithCancelCause(ctx)
-		defer cancel(nil)
-		if dl, ok := ctx.Deadline(); ok {
-			var cancelDL context.CancelFunc
-			wctx, cancelDL = context.WithDeadline(wctx, dl.Add(-s.o.stopGrace))
-			defer cancelDL()
-		}
-		if s.o.connWaitSet {
-			t := s.o.clock.AfterFunc(s.o.connWait, func() { cancel(ErrConnWait) })
-			defer t.Stop()
-		}
-		err = counter.WaitIdle(wctx, s.o.connQuiet, connPoll)
-		var ni *conncount.NotIdleError
-		if errors.As(err, &ni) && ni.Conns >= 0 && errors.Is(context.Cause(wctx), ErrConnWait) {
-			err = nil // the conn wait is over: not a failure
-			if ni.Conns > 0 {
-				err = busy(ni.Conns)
-			}
-		}
-		if err != nil {
-			s.emit(Event{Kind: EventConnsBusy, PID: p.c.pid, Port: p.port, Err: err})
-		}
-		return nil
-	}
 }
 
 // terminate is the stop hook that sends SIGTERM to the copy's group and

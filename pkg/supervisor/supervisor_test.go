@@ -293,7 +293,8 @@ func TestSIGTERMWaitsForIdleConnections(t *testing.T) {
 		if e.Kind == EventSignaled {
 			t.Fatalf("want no signal while a connection is open; events: %s", h.history())
 		}
-		if e.Drain.Kind == drain.EventPhase && e.Drain.Phase == drain.Stopping {
+		// The connections' quiet window runs in Draining, before SIGTERM.
+		if e.Drain.Kind == drain.EventPhase && e.Drain.Phase == drain.Draining {
 			break
 		}
 	}
