@@ -52,7 +52,9 @@ func main() {
 	app, err := lameduck.New(inst, []registry.Registry{reg},
 		lameduck.WithAdmin(*adminAddr, os.Getenv("LAMEDUCK_ADMIN_TOKEN")),
 		lameduck.WithDrain(drain.WithBudget(25*time.Second)),
-		lameduck.WithStopHook("grpc", func(context.Context) error { grpcSrv.GracefulStop(); return nil }),
+		// grpcSrv.GracefulStop alone would wait forever for a stream only its
+		// client ends (a health Watch); this one stops hard when ctx ends.
+		lameduck.WithStopHook("grpc", func(ctx context.Context) error { return grpcdrain.GracefulStop(ctx, grpcSrv) }),
 		lameduck.WithStopHook("http", httpSrv.Shutdown)) // hooks run in reverse: http first
 	check(err)
 

@@ -458,34 +458,44 @@ func (c *Counter) read(ctx context.Context) (snapshot, error) {
 		s = snapshot{}
 		clear(seen)
 	}
+	if err := c.readTables(ctx, collect); err != nil {
+		return snapshot{}, err
+	}
+	return s, nil
+}
+
+// readTables reads /proc/net/tcp and tcp6 (or their WithProcRoot and
+// WithPID counterparts) and calls f with each of their rows. Errors are as
+// for Count.
+func (c *Counter) readTables(ctx context.Context, f func(row)) error {
 	missing := 0
 	for _, t := range c.tables {
 		if err := ctx.Err(); err != nil {
-			return snapshot{}, fmt.Errorf("conncount: %w", err)
+			return fmt.Errorf("conncount: %w", err)
 		}
-		f, err := os.Open(t.path)
+		file, err := os.Open(t.path)
 		if errors.Is(err, fs.ErrNotExist) {
 			missing++
 			continue
 		}
 		if err != nil {
-			return snapshot{}, fmt.Errorf("conncount: %w", err)
+			return fmt.Errorf("conncount: %w", err)
 		}
-		err = parseTable(ctx, bufio.NewReaderSize(f, readSize), t.path, t.addrLen, collect)
-		f.Close() // read-only: a close error loses nothing
+		err = parseTable(ctx, bufio.NewReaderSize(file, readSize), t.path, t.addrLen, f)
+		file.Close() // read-only: a close error loses nothing
 		if err != nil {
 			var pe *ParseError
 			if errors.As(err, &pe) {
-				return snapshot{}, err
+				return err
 			}
-			return snapshot{}, fmt.Errorf("conncount: %s: %w", t.path, err)
+			return fmt.Errorf("conncount: %s: %w", t.path, err)
 		}
 	}
 	if missing == len(c.tables) {
-		return snapshot{}, fmt.Errorf("conncount: neither %s nor %s exists: %w",
+		return fmt.Errorf("conncount: neither %s nor %s exists: %w",
 			c.tables[0].path, c.tables[1].path, fs.ErrNotExist)
 	}
-	return s, nil
+	return nil
 }
 
 // covered reports whether local address a belongs to the app: it is one of

@@ -78,6 +78,19 @@ const linesPerCtxCheck = 1024
 // parseTable reads a /proc/net/tcp (addrLen 8) or /proc/net/tcp6 (addrLen 32)
 // table from r and calls f for each socket in it. name is used in errors. It
 // stops at the first malformed line, and with ctx's error when ctx ends.
+//
+// The project reads /proc through github.com/prometheus/procfs where it can;
+// this parser is kept because procfs's FS.NetTCP and NetTCP6 measured worse
+// and cannot keep these promises. BenchmarkReadTables20kRows (BENCHMARKS.md)
+// reads 20,000 rows 5.5x faster here, allocating 110x fewer bytes (12
+// allocations against 220,044): procfs builds a struct and two net.IPs for
+// every row of both tables and returns them all, where this parser hands
+// each row to f and keeps none. procfs also looks at no context, names
+// neither the file nor the line in its errors, takes the first line for the
+// header unread (so a table without one loses its first row, and an empty
+// file reads as an empty table), and has no per-process variant for WithPID.
+// It deprecates these readers in favour of netlink, which conncount reads
+// first (sock_diag) and leaves only where netlink cannot be used.
 func parseTable(ctx context.Context, r io.Reader, name string, addrLen int, f func(row)) error {
 	sc := bufio.NewScanner(r)
 	line := 0

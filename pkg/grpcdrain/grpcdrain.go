@@ -11,15 +11,17 @@
 // codes.Unavailable without calling the handler. An interceptor cannot send
 // GOAWAY on its connection: that comes from grpc.Server.GracefulStop in the
 // Stopping phase, and NotServingOnDrain tells health-checking clients
-// earlier.
+// earlier. This package's GracefulStop wraps that call for a stop hook and
+// stops the server hard when the hook's context ends, which
+// grpc.Server.GracefulStop alone never does while a stream stays open.
 //
-// Nothing in this package blocks. The interceptors are safe for concurrent
-// use.
+// Only GracefulStop blocks. The interceptors are safe for concurrent use.
 package grpcdrain
 
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -35,6 +37,8 @@ var (
 	// ErrNilHealthServer is returned by NotServingOnDrain when the health
 	// server is nil.
 	ErrNilHealthServer = errors.New("grpcdrain: nil health server")
+	// ErrNilServer is returned by GracefulStop when the server is nil.
+	ErrNilServer = errors.New("grpcdrain: nil server; make the *grpc.Server before the stop hooks can run")
 )
 
 // rejectMessage is the status message of calls rejected while draining.
@@ -99,6 +103,42 @@ func NotServingOnDrain(t *drain.Tracker, hs *health.Server) (stop func() bool, e
 		return nil, ErrNilHealthServer
 	}
 	return t.AfterDraining(hs.Shutdown), nil
+}
+
+// GracefulStop stops srv gracefully, as srv.GracefulStop does, until ctx
+// ends, and then hard, as srv.Stop does. It is the gRPC server's stop hook:
+//
+//	lameduck.WithStopHook("grpc", func(ctx context.Context) error { return grpcdrain.GracefulStop(ctx, grpcSrv) })
+//
+// srv.GracefulStop closes the listeners, sends GOAWAY and waits for every
+// call to end, and so never returns while a stream that only its client
+// ends stays open, such as a health Watch. GracefulStop blocks until the
+// calls have ended, and then returns nil, or until ctx ends: then it calls
+// srv.Stop, which closes every connection and so cancels every call's
+// context, and returns an error that wraps ctx.Err() once Stop has
+// returned. It does not wait for handlers that ignore their context, unless
+// srv was made with grpc.WaitForHandlers(true), whose Stop does. With ctx
+// already ended (a forced stop) it calls Stop at once. A nil srv gives
+// ErrNilServer. Like srv's own methods, it is safe to call concurrently with
+// them.
+func GracefulStop(ctx context.Context, srv *grpc.Server) error {
+	if srv == nil {
+		return ErrNilServer
+	}
+	if ctx.Err() == nil {
+		done := make(chan struct{})
+		go func() {
+			srv.GracefulStop()
+			close(done)
+		}()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+		}
+	}
+	srv.Stop()
+	return fmt.Errorf("grpcdrain: graceful stop cut short, calls still open were closed: %w", ctx.Err())
 }
 
 // Option configures the interceptors.

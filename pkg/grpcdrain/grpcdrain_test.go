@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -359,5 +360,128 @@ func TestNotServingOnDrainStop(t *testing.T) {
 	r, err := hs.Check(t.Context(), &healthpb.HealthCheckRequest{})
 	if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("status after a stopped hook and the flag: want SERVING, got %v (error %v)", r.GetStatus(), err)
+	}
+}
+
+// closeListener tells when it is closed: grpc.Server.GracefulStop closes its
+// listeners before it waits for the calls.
+type closeListener struct {
+	net.Listener
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (l *closeListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+func TestGracefulStop(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		watch bool // a health Watch stream, which only the client ends, is open
+		ended bool // ctx has ended before the call, as in a forced stop
+	}{
+		{name: "no call open: graceful, nil"},
+		{name: "watch open: cut when ctx ends", watch: true},
+		{name: "ctx already ended: stopped at once", watch: true, ended: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			lis := &closeListener{Listener: l, closed: make(chan struct{})}
+			srv := grpc.NewServer()
+			healthpb.RegisterHealthServer(srv, health.NewServer())
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(lis) }()
+			t.Cleanup(srv.Stop)
+
+			conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatalf("NewClient: want no error, got %v", err)
+			}
+			t.Cleanup(func() { _ = conn.Close() })
+			hc := healthpb.NewHealthClient(conn)
+			callCtx, cancelCalls := context.WithTimeout(t.Context(), wait)
+			t.Cleanup(cancelCalls)
+			// An answer says Serve is serving: a stop before it would make
+			// Serve fail with ErrServerStopped.
+			if _, err := hc.Check(callCtx, &healthpb.HealthCheckRequest{}); err != nil {
+				t.Fatalf("Check: want an answer, got %v", err)
+			}
+			var stream healthpb.Health_WatchClient
+			if tt.watch {
+				stream, err = hc.Watch(callCtx, &healthpb.HealthCheckRequest{})
+				if err != nil {
+					t.Fatalf("Watch: want a stream, got %v", err)
+				}
+				// The first answer says the stream is open on the server.
+				if resp, err := stream.Recv(); err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+					t.Fatalf("Watch: want SERVING first, got %v, %v", resp, err)
+				}
+			}
+
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			if tt.ended {
+				cancel()
+			}
+			stopped := make(chan error, 1)
+			go func() { stopped <- grpcdrain.GracefulStop(ctx, srv) }()
+
+			if tt.watch && !tt.ended {
+				select {
+				case <-lis.closed:
+				case <-time.After(wait):
+					t.Fatalf("want the listener closed by the graceful stop within %v, got nothing", wait)
+				}
+				select {
+				case err := <-stopped:
+					t.Fatalf("want GracefulStop to wait for the open Watch until ctx ends, got %v before", err)
+				default:
+				}
+				cancel()
+			}
+
+			var got error
+			select {
+			case got = <-stopped:
+			case <-time.After(wait):
+				t.Fatalf("want GracefulStop to return within %v, got nothing", wait)
+			}
+			if !tt.watch {
+				if got != nil {
+					t.Fatalf("want nil with no call open, got %v", got)
+				}
+			} else if !errors.Is(got, context.Canceled) {
+				t.Fatalf("want an error wrapping context.Canceled once ctx ends, got %v", got)
+			}
+			select {
+			case err := <-served:
+				if err != nil {
+					t.Fatalf("Serve: want nil after the stop, got %v", err)
+				}
+			case <-time.After(wait):
+				t.Fatalf("want Serve to return within %v of the stop, got nothing", wait)
+			}
+			if tt.watch {
+				// Bounded by callCtx, whose end would give DeadlineExceeded.
+				if resp, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+					t.Fatalf("want the Watch cut with Unavailable, got %v, %v", resp, err)
+				}
+			}
+		})
+	}
+}
+
+func TestGracefulStopNilServer(t *testing.T) {
+	t.Parallel()
+	if err := grpcdrain.GracefulStop(t.Context(), nil); !errors.Is(err, grpcdrain.ErrNilServer) {
+		t.Fatalf("want ErrNilServer, got %v", err)
 	}
 }

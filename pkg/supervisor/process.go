@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/prometheus/procfs"
 )
 
 // child is one running (or exited) child process. Its PID is also its
@@ -172,21 +174,20 @@ func (l *lineWriter) flush() {
 	}
 }
 
-// rss returns the resident memory of process pid in bytes, from
-// /proc/PID/status.
+// rss returns the resident memory of process pid in bytes: VmRSS in
+// /proc/PID/status, read through procfs. Once the process is gone the error
+// wraps fs.ErrNotExist; a zombie, which has no VmRSS, is an error too.
 func rss(pid int) (uint64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("read VmRSS of %d: %w", pid, err)
-			}
-			return kb << 10, nil
-		}
+	s, err := p.NewStatus()
+	if err != nil {
+		return 0, fmt.Errorf("read the status of process %d: %w", pid, err)
 	}
-	return 0, fmt.Errorf("no VmRSS for process %d (a zombie?)", pid)
+	if s.VmRSS == 0 {
+		return 0, fmt.Errorf("no VmRSS for process %d (a zombie?)", pid)
+	}
+	return s.VmRSS, nil
 }
