@@ -400,7 +400,12 @@ func (c *Coordinator) run(start time.Time) {
 		cut(p, regCtx)
 	}
 	for k, st := range c.Status().Registries {
-		if st.Error != "" {
+		var re *registry.Error
+		switch {
+		case st.Error == "":
+		case errors.As(st.err, &re) && re.Registry == st.Name:
+			errs = append(errs, st.err) // it names the registry and the call already
+		default:
 			errs = append(errs, &registry.Error{Registry: st.Name, Op: opName(o.disable, ok[k]), Err: st.err})
 		}
 	}
@@ -417,6 +422,7 @@ func (c *Coordinator) run(start time.Time) {
 	c.emit(Event{Kind: EventSource, Source: o.source.String(), Err: err})
 	var se *SourceError
 	switch {
+	case err == nil:
 	case drainCtx.Err() != nil:
 		cut(Draining, drainCtx)
 	case errors.As(err, &se):

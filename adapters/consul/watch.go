@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/lameduck/lameduck/internal/backoff"
+	"github.com/lameduck/lameduck/internal/clock"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -52,32 +54,43 @@ func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) {
 	unbind := context.AfterFunc(w.ctx, cancel)
 	defer unbind()
 
-	for attempt := 0; ; {
+	for {
 		if err := w.ctxErr(ctx); err != nil {
 			return nil, err
 		}
-		if gap := time.Since(w.lastReq); gap < minQueryGap {
-			if err := sleep(ctx, minQueryGap-gap); err != nil {
-				return nil, w.ctxErr(ctx)
+		var entries []*api.ServiceEntry
+		var meta *api.QueryMeta
+		query := func(ctx context.Context) error {
+			if gap := time.Since(w.lastReq); gap < minQueryGap {
+				if err := sleep(ctx, minQueryGap-gap); err != nil {
+					return w.ctxErr(ctx)
+				}
 			}
+			w.lastReq = time.Now()
+			q := (&api.QueryOptions{WaitIndex: w.index, WaitTime: w.r.o.waitTime, AllowStale: w.stale}).WithContext(ctx)
+			var err error
+			entries, meta, err = w.c.HealthService(w.service, "", true, q)
+			return err
 		}
-		w.lastReq = time.Now()
-		q := (&api.QueryOptions{WaitIndex: w.index, WaitTime: w.r.o.waitTime, AllowStale: w.stale}).WithContext(ctx)
-		entries, meta, err := w.c.HealthService(w.service, "", true, q)
+		var err error
+		if w.failFast || !w.sent {
+			// A view, and every watch's first read, fail fast: the
+			// caller learns at once that the agent cannot answer, and
+			// why, and retries on its own terms.
+			err = query(ctx)
+		} else {
+			err = backoff.Retry(ctx, clock.Real{}, w.r.o.backoff, query, nil)
+		}
 		if err != nil {
-			if cerr := w.ctxErr(ctx); cerr != nil {
+			var gaveUp *backoff.GaveUpError
+			if cerr := w.ctxErr(ctx); cerr != nil && !errors.As(err, &gaveUp) {
+				// Cut by ctx or Stop, not failing: as the contract says.
 				return nil, cerr
 			}
-			if w.failFast {
-				return nil, err
-			}
-			if err := sleep(ctx, w.r.o.backoff.Delay(attempt)); err != nil {
-				return nil, w.ctxErr(ctx)
-			}
-			attempt++
-			continue
+			// A failure, or failures until ctx ended, which the error
+			// names with ctx's cause.
+			return nil, err
 		}
-		attempt = 0
 		w.advance(meta.LastIndex)
 		list := toInstances(w.service, entries)
 		if !w.sent || !sameSet(list, w.last) {

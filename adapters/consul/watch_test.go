@@ -147,27 +147,49 @@ func TestWatchIndexes(t *testing.T) {
 	}
 }
 
+// TestWatchRetriesErrors checks that a watch that has delivered its first
+// list rides out failed queries, while its first read fails fast with the
+// agent's error, for the caller to retry on its own terms.
 func TestWatchRetriesErrors(t *testing.T) {
 	t.Parallel()
 	boom := errors.New("connection refused")
-	f := newFake()
-	f.replies = []healthReply{
-		{err: boom},
-		{err: api.StatusError{Code: http.StatusInternalServerError}},
-		{err: boom},
-		{index: 5, entries: []*api.ServiceEntry{entry("svc-a", "10.0.0.1", 8080, 1)}},
-	}
-	w := watch(t, newTest(t, f))
-	list, err := next(t, t.Context(), w)
-	if err != nil {
-		t.Fatalf("Next: want the list after the errors, got %v", err)
-	}
-	if got := ids(list); !reflect.DeepEqual(got, []string{"svc-a"}) {
-		t.Errorf("Next: want [svc-a], got %v", got)
-	}
-	if n := f.count("health "); n != 4 {
-		t.Errorf("queries: want 4 (3 failures, 1 success), got %d", n)
-	}
+	t.Run("after the first list", func(t *testing.T) {
+		t.Parallel()
+		f := newFake()
+		f.replies = []healthReply{
+			{index: 4, entries: []*api.ServiceEntry{entry("svc-a", "10.0.0.1", 8080, 1)}},
+			{err: boom},
+			{err: api.StatusError{Code: http.StatusInternalServerError}},
+			{err: boom},
+			{index: 5, entries: []*api.ServiceEntry{entry("svc-b", "10.0.0.2", 8080, 1)}},
+		}
+		w := watch(t, newTest(t, f))
+		if _, err := next(t, t.Context(), w); err != nil {
+			t.Fatalf("first Next: want the list, got %v", err)
+		}
+		list, err := next(t, t.Context(), w)
+		if err != nil {
+			t.Fatalf("Next: want the list after the errors, got %v", err)
+		}
+		if got := ids(list); !reflect.DeepEqual(got, []string{"svc-b"}) {
+			t.Errorf("Next: want [svc-b], got %v", got)
+		}
+		if n := f.count("health "); n != 5 {
+			t.Errorf("queries: want 5 (1 list, 3 failures, 1 list), got %d", n)
+		}
+	})
+	t.Run("first read", func(t *testing.T) {
+		t.Parallel()
+		f := newFake()
+		f.replies = []healthReply{{err: boom}}
+		w := watch(t, newTest(t, f))
+		if _, err := next(t, t.Context(), w); !errors.Is(err, boom) {
+			t.Fatalf("first Next: want the agent's error %v at once, got %v", boom, err)
+		}
+		if n := f.count("health "); n != 1 {
+			t.Errorf("queries: want 1, got %d", n)
+		}
+	})
 }
 
 func TestWatchEnds(t *testing.T) {

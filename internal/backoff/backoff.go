@@ -120,7 +120,8 @@ func gaveUp(ctx context.Context, err error) error {
 }
 
 // GaveUpError is Retry's error when its context ended: the last attempt's
-// error and why the retrying stopped. errors.Is matches either.
+// error and why the retrying stopped. It unwraps to the attempt's error;
+// errors.Is matches the cause too.
 type GaveUpError struct {
 	Err   error // the last attempt's real cause
 	Cause error // context.Cause of the retry's context
@@ -128,5 +129,7 @@ type GaveUpError struct {
 
 func (e *GaveUpError) Error() string { return fmt.Sprintf("%v (gave up: %v)", e.Err, e.Cause) }
 
-// Unwrap returns both errors.
-func (e *GaveUpError) Unwrap() []error { return []error{e.Err, e.Cause} }
+func (e *GaveUpError) Unwrap() error { return e.Err }
+
+// Is reports whether target is the cause the retrying stopped for.
+func (e *GaveUpError) Is(target error) bool { return errors.Is(e.Cause, target) }
