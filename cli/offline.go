@@ -228,7 +228,7 @@ func runOfflineJob(c *ucli.Context, job *offlineJob) error {
 	}
 	took := time.Since(start).Round(time.Millisecond)
 	if len(job.regs) == 0 {
-		fmt.Fprintf(out, "the app at %s is offline after %s\n", job.adminURL, took)
+		fmt.Fprintf(out, "Offline after %s\n", took)
 		return nil
 	}
 	if job.adminURL == "" && job.conns == nil {
@@ -384,10 +384,6 @@ func (job *offlineJob) removeOnly(ctx context.Context, progress *progress, res *
 // progressEvent shows one of the coordinator's events.
 func progressEvent(p *progress, e drain.Event) {
 	switch e.Kind {
-	case drain.EventPhase:
-		if e.Phase != drain.Offline {
-			p.say(e.Phase.String(), fmt.Sprintf("(%s into the budget)", e.Elapsed.Round(time.Millisecond)))
-		}
 	case drain.EventDeregistered:
 		p.say("Deregistering", e.Registry+" removed it")
 	case drain.EventConfirmed:
