@@ -32,15 +32,6 @@ const (
 // DefaultRegistry is the demo's embedded registry.
 const DefaultRegistry = "memory://?push-delay=200ms"
 
-// Exit codes, documented in README; one home for them in package lameduck.
-const (
-	ExitOK       = lameduck.ExitOK
-	ExitFailed   = lameduck.ExitFailed
-	ExitBadInput = lameduck.ExitBadInput
-	ExitRegistry = lameduck.ExitRegistry
-	ExitForced   = lameduck.ExitForced
-)
-
 // exitError carries an exit code with a one-line message. A quiet one was
 // already reported (in --output json) and is not printed again.
 type exitError struct {
