@@ -16,6 +16,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/lameduck/lameduck/adapters"
 	"github.com/lameduck/lameduck/pkg/supervisor"
 	"github.com/lameduck/lameduck/registry"
 )
@@ -413,7 +414,7 @@ func eachKey(file string, m *yaml.Node, where string, valid []string, f func(key
 		if !slices.Contains(valid, key) {
 			if isCredentialKey(key) {
 				return configError(file, k.Line, "key %q %s: credentials never go in the file; pass --consul-token, --nacos-username and --nacos-password or set %s, %s and %s",
-					key, where, EnvConsulToken, EnvNacosUsername, EnvNacosPassword)
+					key, where, adapters.EnvConsulToken, adapters.EnvNacosUsername, adapters.EnvNacosPassword)
 			}
 			hint := ""
 			if near := nearest(key, valid); near != "" {
