@@ -14,10 +14,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/lameduck/lameduck/adapters/consul"
 	"github.com/lameduck/lameduck/adapters/memory"
 	"github.com/lameduck/lameduck/registry"
 )
@@ -35,6 +37,24 @@ type Credentials struct {
 	ConsulToken   string
 	NacosUsername string
 	NacosPassword string
+}
+
+// Environment variables that hold Credentials. The lameduck commands' flags
+// take them as defaults.
+const (
+	EnvConsulToken   = consul.EnvHTTPToken // Consul's own name, as its tools use it
+	EnvNacosUsername = "NACOS_USERNAME"
+	EnvNacosPassword = "NACOS_PASSWORD"
+)
+
+// CredentialsFromEnv returns the Credentials the environment variables
+// hold; unset ones are empty.
+func CredentialsFromEnv() Credentials {
+	return Credentials{
+		ConsulToken:   os.Getenv(EnvConsulToken),
+		NacosUsername: os.Getenv(EnvNacosUsername),
+		NacosPassword: os.Getenv(EnvNacosPassword),
+	}
 }
 
 // opener opens one scheme.

@@ -290,3 +290,14 @@ func TestOpenNacosPublicNamespace(t *testing.T) {
 		})
 	}
 }
+
+// Not parallel: it sets environment variables.
+func TestCredentialsFromEnv(t *testing.T) {
+	t.Setenv(EnvConsulToken, secret)
+	t.Setenv(EnvNacosUsername, "nacos")
+	t.Setenv(EnvNacosPassword, "")
+	want := Credentials{ConsulToken: secret, NacosUsername: "nacos"}
+	if got := CredentialsFromEnv(); got != want {
+		t.Errorf("CredentialsFromEnv: want %+v, got %+v", want, got)
+	}
+}

@@ -20,26 +20,15 @@ import (
 )
 
 // Environment variables the commands read. Flags with the same meaning take
-// these as defaults.
+// these as defaults; the credentials' are adapters.EnvConsulToken and its
+// siblings.
 const (
-	EnvRegistry      = "LAMEDUCK_REGISTRY"
-	EnvConsulToken   = "CONSUL_HTTP_TOKEN" // Consul's own name, as its CLI uses it
-	EnvNacosUsername = "NACOS_USERNAME"
-	EnvNacosPassword = "NACOS_PASSWORD"
-	EnvAdminToken    = "LAMEDUCK_ADMIN_TOKEN"
+	EnvRegistry   = "LAMEDUCK_REGISTRY"
+	EnvAdminToken = "LAMEDUCK_ADMIN_TOKEN"
 )
 
 // DefaultRegistry is the demo's embedded registry.
 const DefaultRegistry = "memory://?push-delay=200ms"
-
-// Exit codes, documented in README; one home for them in package lameduck.
-const (
-	ExitOK       = lameduck.ExitOK
-	ExitFailed   = lameduck.ExitFailed
-	ExitBadInput = lameduck.ExitBadInput
-	ExitRegistry = lameduck.ExitRegistry
-	ExitForced   = lameduck.ExitForced
-)
 
 // exitError carries an exit code with a one-line message. A quiet one was
 // already reported (in --output json) and is not printed again.
@@ -268,9 +257,9 @@ func registryFlags(def string) []ucli.Flag {
 	}
 	return []ucli.Flag{
 		reg,
-		&ucli.StringFlag{Name: "consul-token", Usage: "Consul ACL token", EnvVars: []string{EnvConsulToken}},
-		&ucli.StringFlag{Name: "nacos-username", Usage: "Nacos user name", EnvVars: []string{EnvNacosUsername}},
-		&ucli.StringFlag{Name: "nacos-password", Usage: "Nacos password", EnvVars: []string{EnvNacosPassword}},
+		&ucli.StringFlag{Name: "consul-token", Usage: "Consul ACL token", EnvVars: []string{adapters.EnvConsulToken}},
+		&ucli.StringFlag{Name: "nacos-username", Usage: "Nacos user name", EnvVars: []string{adapters.EnvNacosUsername}},
+		&ucli.StringFlag{Name: "nacos-password", Usage: "Nacos password", EnvVars: []string{adapters.EnvNacosPassword}},
 	}
 }
 
@@ -294,17 +283,33 @@ func joinURLs(pieces []string) []string {
 	return out
 }
 
-// openRegistries opens the registries named by the --registry flags.
-func openRegistries(c *ucli.Context) ([]adapters.Registry, error) {
-	urls := registryURLs(c)
-	if len(urls) == 0 {
-		return nil, badInput("no registry given; pass --registry URL or set %s", EnvRegistry)
-	}
-	regs, err := adapters.OpenAll(c.Context, urls, adapters.Credentials{
+// registryCredentials are the credentials registryFlags give (each flag
+// defaults to its environment variable).
+func registryCredentials(c *ucli.Context) adapters.Credentials {
+	return adapters.Credentials{
 		ConsulToken:   c.String("consul-token"),
 		NacosUsername: c.String("nacos-username"),
 		NacosPassword: c.String("nacos-password"),
-	})
+	}
+}
+
+// noRegistry is the error of a command given no registry URL. config names
+// the --config file whose registries: would also do, or is "".
+func noRegistry(config string) error {
+	if config != "" {
+		return badInput("no registry given; pass --registry URL (repeat for several), set %s, or list registries: in %s", EnvRegistry, config)
+	}
+	return badInput("no registry given; pass --registry URL (repeat for several) or set %s", EnvRegistry)
+}
+
+// openRegistries opens the registries named by the --registry flags, and
+// refuses a command line that names none.
+func openRegistries(c *ucli.Context) ([]adapters.Registry, error) {
+	urls := registryURLs(c)
+	if len(urls) == 0 {
+		return nil, noRegistry("")
+	}
+	regs, err := adapters.OpenAll(c.Context, urls, registryCredentials(c))
 	if err != nil {
 		return nil, &exitError{code: ExitBadInput, err: err}
 	}

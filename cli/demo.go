@@ -7,7 +7,7 @@ import (
 	ucli "github.com/urfave/cli/v2"
 
 	"github.com/lameduck/lameduck/adapters"
-	"github.com/lameduck/lameduck/internal/demo"
+	"github.com/lameduck/lameduck/cli/demo"
 	"github.com/lameduck/lameduck/registry"
 )
 

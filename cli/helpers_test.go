@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/lameduck/lameduck/adapters"
 )
 
 // TestMain clears the environment variables the commands read, so that a
@@ -14,7 +16,7 @@ import (
 // being unset can still run in parallel. Child processes inherit the
 // cleared environment.
 func TestMain(m *testing.M) {
-	for _, name := range []string{EnvRegistry, EnvConsulToken, EnvNacosUsername, EnvNacosPassword, EnvAdminToken, EnvPodIP} {
+	for _, name := range []string{EnvRegistry, adapters.EnvConsulToken, adapters.EnvNacosUsername, adapters.EnvNacosPassword, EnvAdminToken, EnvPodIP} {
 		os.Unsetenv(name)
 	}
 	os.Exit(m.Run())

@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/lameduck/lameduck/adapters"
 	"github.com/lameduck/lameduck/pkg/supervisor"
 	"github.com/lameduck/lameduck/registry"
 )
@@ -227,14 +230,49 @@ type runFile struct {
 	programs   []programConfig
 }
 
-// Keys of a config file. A program's keys are the flags of the same name.
+// fileYAML is a --config file as written, decoded with KnownFields: its
+// yaml tags are the file's keys, and a program's keys are the `lameduck run`
+// flags of the same names. Each value type checks what was written and
+// says what to write instead (see valueError). Durations stay text until
+// the program is built, because their limits depend on the key.
+type fileYAML struct {
+	Registries registryList           `yaml:"registries"`
+	Programs   map[string]programYAML `yaml:"programs"`
+}
+
+type programYAML struct {
+	Service      text    `yaml:"service"`
+	Addr         text    `yaml:"addr"`
+	Port         port    `yaml:"port"`
+	ID           text    `yaml:"id"`
+	Ready        text    `yaml:"ready"`
+	Live         text    `yaml:"live"`
+	Budget       text    `yaml:"budget"`
+	ConnWait     text    `yaml:"conn-wait"`
+	Standby      flag    `yaml:"standby"`
+	StandbyPort  port    `yaml:"standby-port"`
+	StandbyID    text    `yaml:"standby-id"`
+	RecycleAfter text    `yaml:"recycle-after"`
+	RecycleRSS   size    `yaml:"recycle-rss"`
+	Command      command `yaml:"command"`
+	Env          env     `yaml:"env"`
+	Dir          text    `yaml:"dir"`
+}
+
+// The keys of a config file, for errors and suggestions.
 var (
-	topKeys     = []string{"programs", "registries"}
-	programKeys = []string{
-		"addr", "budget", "command", "conn-wait", "dir", "env", "id", "live", "port", "ready",
-		"recycle-after", "recycle-rss", "service", "standby", "standby-id", "standby-port",
-	}
+	topKeys     = yamlKeys(reflect.TypeFor[fileYAML]())
+	programKeys = yamlKeys(reflect.TypeFor[programYAML]())
 )
+
+func yamlKeys(t reflect.Type) []string {
+	keys := make([]string, t.NumField())
+	for i := range keys {
+		keys[i] = t.Field(i).Tag.Get("yaml")
+	}
+	slices.Sort(keys)
+	return keys
+}
 
 // configError is a problem at a line of a config file.
 func configError(file string, line int, format string, args ...any) error {
@@ -242,6 +280,22 @@ func configError(file string, line int, format string, args ...any) error {
 		return badInput("%s:%d: %s", file, line, fmt.Sprintf(format, args...))
 	}
 	return badInput("%s: %s", file, fmt.Sprintf(format, args...))
+}
+
+// keyError is a problem with the value of key, in program prog or, when
+// prog is "", at the top level.
+func keyError(file string, line int, prog, key, msg string) error {
+	if prog == "" {
+		return configError(file, line, "%s: %s", key, msg)
+	}
+	return configError(file, line, "program %q: %s %s", prog, key, msg)
+}
+
+func whereIs(prog string) string {
+	if prog == "" {
+		return "at the top level"
+	}
+	return fmt.Sprintf("in program %q", prog)
 }
 
 // loadRunConfig reads and checks a --config file. def holds the defaults
@@ -258,15 +312,66 @@ func loadRunConfig(path string, def programConfig) (*runFile, error) {
 // Every error is one line that starts with "file:line:" and never quotes a
 // value that could be secret (env values).
 func parseRunConfig(file string, data []byte, def programConfig) (*runFile, error) {
+	l, err := readLayout(file, data)
+	if err != nil {
+		return nil, err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
+	dec.KnownFields(true)
+	var f fileYAML
+	if err := dec.Decode(&f); err != nil {
+		return nil, l.decodeError(file, err)
+	}
+	if l.merge != nil {
+		return nil, configError(file, l.merge.Line, "merge keys (<<) are not supported %s; write the keys out", whereIs(l.mergeIn))
+	}
+	rf := &runFile{registries: f.Registries.urls, regLines: f.Registries.lines}
+	for _, at := range l.programs {
+		p, err := at.config(file, f.Programs[at.name.Value], def)
+		if err != nil {
+			return nil, err
+		}
+		rf.programs = append(rf.programs, p)
+	}
+	if err := checkAcross(file, rf.programs); err != nil {
+		return nil, err
+	}
+	return rf, nil
+}
+
+// layout is where a config file's parts are, read from its node tree
+// before the typed decoding: the order of the programs and the lines of
+// their keys, which the decoded values do not keep, and the mistakes
+// whose errors need them.
+type layout struct {
+	programs []programAt
+	owners   map[[2]int]owner // by the line and column of a value
+	merge    *yaml.Node       // the first merge key (<<), refused once decoding has reported unknown keys
+	mergeIn  string           // its program, or "" at the top level
+}
+
+// programAt is one entry under programs:.
+type programAt struct {
+	name     *yaml.Node
+	keyLines map[string]int // the line of each key
+	lines    map[string]int // the line of each key's value
+}
+
+// owner is whose value a node is: the key's, in program prog or, when prog
+// is "", at the top level.
+type owner struct{ prog, key string }
+
+// readLayout refuses an empty file, bad YAML, a second document, and a
+// shape other than a mapping of programs, each a mapping of settings.
+func readLayout(file string, data []byte) (*layout, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc, next yaml.Node
 	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, configError(file, 0, "is empty; it needs programs:, see examples/run-config.yaml")
 		}
 		return nil, yamlSyntaxError(file, err)
 	}
-	var next yaml.Node
 	switch err := dec.Decode(&next); {
 	case err == nil:
 		return nil, configError(file, next.Line, "a second YAML document; put every program under one programs:")
@@ -280,39 +385,28 @@ func parseRunConfig(file string, data []byte, def programConfig) (*runFile, erro
 	if root.Kind != yaml.MappingNode {
 		return nil, configError(file, root.Line, "want a mapping with programs: at the top, see examples/run-config.yaml")
 	}
-	rf := &runFile{}
-	var programs *yaml.Node
-	err := eachKey(file, root, "at the top level", topKeys, func(key string, k, v *yaml.Node) error {
-		switch key {
-		case "registries":
-			items, err := stringList(file, key, v)
-			if err != nil {
-				return err
-			}
-			for i, s := range items {
-				rf.registries = append(rf.registries, s)
-				rf.regLines = append(rf.regLines, resolve(v.Content[i]).Line)
-			}
-		case "programs":
-			programs = v
-		}
-		return nil
-	})
-	if err != nil {
+	l := &layout{owners: map[[2]int]owner{}}
+	if _, _, err := l.keys(file, root, ""); err != nil {
 		return nil, err
 	}
-	if programs == nil || (programs.Kind == yaml.MappingNode && len(programs.Content) == 0) || programs.Tag == "!!null" {
+	var programs *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "programs" {
+			programs = resolve(root.Content[i+1])
+		}
+	}
+	switch {
+	case programs == nil, programs.Tag == "!!null", programs.Kind == yaml.MappingNode && len(programs.Content) == 0:
 		line := root.Line
 		if programs != nil {
 			line = programs.Line
 		}
 		return nil, configError(file, line, "no programs; give programs: with one entry per program, see examples/run-config.yaml")
-	}
-	if programs.Kind != yaml.MappingNode {
+	case programs.Kind != yaml.MappingNode:
 		return nil, configError(file, programs.Line, "programs: want a mapping from each program's name to its settings, see examples/run-config.yaml")
 	}
 	names := map[string]int{}
-	for i := 0; i < len(programs.Content); i += 2 {
+	for i := 0; i+1 < len(programs.Content); i += 2 {
 		k, v := resolve(programs.Content[i]), resolve(programs.Content[i+1])
 		if k.Kind != yaml.ScalarNode || !validName(k.Value) {
 			return nil, configError(file, k.Line, "program name %q: use letters, digits, '.', '_' and '-'", scalarText(k))
@@ -321,31 +415,350 @@ func parseRunConfig(file string, data []byte, def programConfig) (*runFile, erro
 			return nil, configError(file, k.Line, "program %q is defined twice (first at line %d)", k.Value, first)
 		}
 		names[k.Value] = k.Line
-		p, err := parseProgram(file, k, v, def)
+		switch {
+		case v.Tag == "!!null":
+			return nil, configError(file, k.Line, "program %q has no settings; give at least port and command", k.Value)
+		case v.Kind != yaml.MappingNode:
+			return nil, configError(file, v.Line, "program %q: want a mapping of settings such as port: 8080, got a %s", k.Value, kindName(v))
+		}
+		keyLines, lines, err := l.keys(file, v, k.Value)
 		if err != nil {
 			return nil, err
 		}
-		rf.programs = append(rf.programs, p)
+		l.programs = append(l.programs, programAt{name: k, keyLines: keyLines, lines: lines})
 	}
-	if err := checkAcross(file, rf.programs); err != nil {
-		return nil, err
+	return l, nil
+}
+
+// keys checks the keys of mapping m, at the top level (prog "") or of
+// program prog: each a name, written once, and a program's known keys not
+// left empty (yaml.v3 hands no null to a value type). It returns the line
+// of each key and of its value, and notes the first merge key.
+func (l *layout) keys(file string, m *yaml.Node, prog string) (keyLines, lines map[string]int, err error) {
+	keyLines, lines = map[string]int{}, map[string]int{}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := resolve(m.Content[i]), m.Content[i+1]
+		r := resolve(v)
+		switch {
+		case k.Kind != yaml.ScalarNode:
+			return nil, nil, configError(file, k.Line, "a %s used as a key %s; keys are names such as port", kindName(k), whereIs(prog))
+		case k.Tag == "!!merge":
+			if l.merge == nil {
+				l.merge, l.mergeIn = k, prog
+			}
+			continue
+		}
+		if first, dup := keyLines[k.Value]; dup {
+			return nil, nil, configError(file, k.Line, "key %q appears twice %s (first at line %d)", k.Value, whereIs(prog), first)
+		}
+		if prog != "" && r.Tag == "!!null" && slices.Contains(programKeys, k.Value) {
+			return nil, nil, keyError(file, v.Line, prog, k.Value, "is empty; give a value or remove the key")
+		}
+		keyLines[k.Value], lines[k.Value] = k.Line, v.Line
+		l.owners[[2]int{r.Line, r.Column}] = owner{prog, k.Value}
 	}
-	return rf, nil
+	return keyLines, lines, nil
+}
+
+// unknownField is how yaml.v3's KnownFields reports a key no field takes;
+// it gives the key and line in text only.
+var unknownField = regexp.MustCompile(`^field (.+) not found in type `)
+
+// decodeError renders an error of the typed decoding at its line, naming
+// the program and key: a value of the wrong shape, or an unknown key, with
+// the valid keys and the one likely meant.
+func (l *layout) decodeError(file string, err error) error {
+	var ve *valueError
+	if errors.As(err, &ve) {
+		o := l.owners[[2]int{ve.node.Line, ve.node.Column}]
+		return keyError(file, ve.line, o.prog, o.key, ve.msg)
+	}
+	var te *yaml.TypeError
+	if !errors.As(err, &te) || len(te.Errors) == 0 {
+		return yamlSyntaxError(file, err)
+	}
+	line, msg := splitLine(te.Errors[0])
+	m := unknownField.FindStringSubmatch(msg)
+	if m == nil {
+		return configError(file, line, "%s", msg)
+	}
+	key, prog := m[1], ""
+	for _, p := range l.programs {
+		if p.keyLines[key] == line {
+			prog = p.name.Value
+		}
+	}
+	valid := topKeys
+	if prog != "" {
+		valid = programKeys
+	}
+	if isCredentialKey(key) {
+		return configError(file, line, "key %q %s: credentials never go in the file; pass --consul-token, --nacos-username and --nacos-password or set %s, %s and %s",
+			key, whereIs(prog), adapters.EnvConsulToken, adapters.EnvNacosUsername, adapters.EnvNacosPassword)
+	}
+	hint := ""
+	if near := nearest(key, valid); near != "" {
+		hint = fmt.Sprintf(" (did you mean %q?)", near)
+	}
+	return configError(file, line, "unknown key %q %s%s; valid keys: %s", key, whereIs(prog), hint, strings.Join(valid, ", "))
 }
 
 // yamlSyntaxError renders the YAML library's "yaml: line N: problem" as
 // "file:N: problem".
 func yamlSyntaxError(file string, err error) error {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	var line int
+	line, msg := splitLine(err.Error())
+	return configError(file, line, "not valid YAML: %s", msg)
+}
+
+// splitLine reads yaml.v3's "line N: problem", after an optional "yaml: ";
+// without a line it returns 0.
+func splitLine(msg string) (int, string) {
+	msg = strings.TrimPrefix(msg, "yaml: ")
 	if rest, ok := strings.CutPrefix(msg, "line "); ok {
 		if n, after, ok := strings.Cut(rest, ": "); ok {
 			if l, err := strconv.Atoi(n); err == nil {
-				line, msg = l, after
+				return l, after
 			}
 		}
 	}
-	return configError(file, line, "not valid YAML: %s", msg)
+	return 0, msg
+}
+
+// config builds the program from its decoded settings y, with def's
+// defaults for the keys not written.
+func (at *programAt) config(file string, y programYAML, def programConfig) (programConfig, error) {
+	name := at.name.Value
+	p := programConfig{
+		Name: name, Service: name, Addr: def.Addr, Budget: def.Budget, ConnWait: def.ConnWait, ConnWaitSet: def.ConnWaitSet,
+		Port: int(y.Port), ID: string(y.ID), Ready: string(y.Ready), Live: string(y.Live),
+		Standby: bool(y.Standby), StandbyPort: int(y.StandbyPort), StandbyID: string(y.StandbyID),
+		RecycleRSS: uint64(y.RecycleRSS), Command: y.Command, Env: y.Env, Dir: string(y.Dir),
+		lines: at.lines, line: at.name.Line,
+	}
+	written := func(key string) bool { _, ok := at.lines[key]; return ok }
+	if written("service") {
+		p.Service = string(y.Service)
+	}
+	if written("addr") {
+		p.Addr = string(y.Addr)
+	}
+	const positive = "want a positive duration such as 30s or 24h"
+	for _, d := range []struct {
+		key    string
+		raw    text
+		dst    *time.Duration
+		zeroOK bool
+		want   string
+	}{
+		{"budget", y.Budget, &p.Budget, false, positive},
+		{"recycle-after", y.RecycleAfter, &p.RecycleAfter, true, positive},
+		{"conn-wait", y.ConnWait, &p.ConnWait, true, "want a duration of 0 or more, such as 250ms (0: no wait for connections)"},
+	} {
+		if !written(d.key) {
+			continue
+		}
+		v, err := time.ParseDuration(string(d.raw))
+		if err != nil || v < 0 || v == 0 && !d.zeroOK {
+			return p, keyError(file, at.lines[d.key], name, d.key, fmt.Sprintf("%q: %s", d.raw, d.want))
+		}
+		*d.dst = v
+	}
+	p.ConnWaitSet = p.ConnWaitSet || written("conn-wait")
+	for _, key := range []string{"port", "command"} {
+		if !written(key) {
+			return p, configError(file, p.line, "program %q: missing %s; every program needs port and command", name, key)
+		}
+	}
+	if err := p.finish(); err != nil {
+		var fe *fieldError
+		if errors.As(err, &fe) {
+			return p, configError(file, p.lineOf(fe.key), "program %q: %s", name, fe.render(""))
+		}
+		return p, configError(file, p.line, "program %q: %v", name, err)
+	}
+	return p, nil
+}
+
+// lineOf is the line of key's value, or of the program's name when the key
+// was not written (a default).
+func (p *programConfig) lineOf(key string) int {
+	if l, ok := p.lines[key]; ok {
+		return l
+	}
+	if key == "standby-port" || key == "standby-id" {
+		if l, ok := p.lines["port"]; ok {
+			return l // derived from port
+		}
+	}
+	return p.line
+}
+
+// valueError is a value of the wrong shape, from a value type's
+// UnmarshalYAML: the value's node, the line of the mistake, and what is
+// wrong and what to write instead, to follow the key. yaml.v3 stops
+// decoding at the first.
+type valueError struct {
+	node *yaml.Node
+	line int
+	msg  string
+}
+
+func (e *valueError) Error() string { return e.msg }
+
+func valueErr(n *yaml.Node, format string, args ...any) *valueError {
+	return &valueError{node: n, line: n.Line, msg: fmt.Sprintf(format, args...)}
+}
+
+// scalar is a single value's text; numbers and booleans are taken as
+// written.
+func scalar(n *yaml.Node) (string, error) {
+	if n.Kind != yaml.ScalarNode {
+		return "", fmt.Errorf("is a %s; want a single value", kindName(n))
+	}
+	if n.Tag == "!!null" {
+		return "", errors.New("is empty; give a value or remove the key")
+	}
+	return n.Value, nil
+}
+
+// text is a single value, such as a name, an address or a URL.
+type text string
+
+func (t *text) UnmarshalYAML(n *yaml.Node) error {
+	s, err := scalar(n)
+	if err != nil {
+		return valueErr(n, "%v", err)
+	}
+	*t = text(s)
+	return nil
+}
+
+// port is a TCP port.
+type port int
+
+func (p *port) UnmarshalYAML(n *yaml.Node) error {
+	s, err := scalar(n)
+	if err != nil {
+		return valueErr(n, "%v", err)
+	}
+	v, err := strconv.Atoi(s)
+	switch {
+	case err != nil:
+		return valueErr(n, "%q: want a whole number", scalarText(n))
+	case v < 1 || v > 65535:
+		return valueErr(n, "%d: want a port between 1 and 65535", v)
+	}
+	*p = port(v)
+	return nil
+}
+
+// flag is true or false, not YAML 1.1's yes or on.
+type flag bool
+
+func (f *flag) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+		return valueErr(n, "%s: want true or false", scalarText(n))
+	}
+	return n.Decode((*bool)(f))
+}
+
+// size is a byte count (see parseSize).
+type size uint64
+
+func (z *size) UnmarshalYAML(n *yaml.Node) error {
+	s, err := scalar(n)
+	var v uint64
+	if err == nil {
+		v, err = parseSize(s)
+	}
+	if err != nil {
+		return valueErr(n, "%v", err)
+	}
+	*z = size(v)
+	return nil
+}
+
+// command is an argv list. A bare {port} in YAML is a mapping, so it gets
+// its own hint.
+type command []string
+
+func (c *command) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.SequenceNode {
+		return valueErr(n, "is a %s; want a list such as [./web, --listen, \"127.0.0.1:{port}\"] (no shell runs it)", kindName(n))
+	}
+	if len(n.Content) == 0 {
+		return valueErr(n, "is empty; give the program to run and its arguments")
+	}
+	for i, item := range n.Content {
+		item = resolve(item)
+		if item.Kind == yaml.MappingNode && len(item.Content) == 2 && item.Content[0].Value == "port" {
+			return valueErr(n, "item %d is a mapping: YAML reads an unquoted {port} as one; write \"{port}\" in quotes", i+1)
+		}
+		s, err := scalar(item)
+		switch {
+		case err != nil:
+			return valueErr(n, "item %d %v", i+1, err)
+		case i == 0 && s == "":
+			return valueErr(n, "item 1 is empty; name the program to run")
+		}
+		*c = append(*c, s)
+	}
+	return nil
+}
+
+// env is a mapping of variable names to values, kept as KEY=VALUE in the
+// order written. Values are never quoted in errors: they may hold secrets.
+type env []string
+
+func (e *env) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return valueErr(n, "is a %s; want a mapping such as {GOMAXPROCS: \"2\"}", kindName(n))
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolve(n.Content[i]), resolve(n.Content[i+1])
+		switch {
+		case k.Kind != yaml.ScalarNode || k.Value == "" || strings.ContainsAny(k.Value, "=\x00"):
+			return valueErr(n, "variable name %q (line %d): want a name without '='", scalarText(k), k.Line)
+		case seen[k.Value]:
+			return valueErr(n, "variable %s appears twice (line %d)", k.Value, k.Line)
+		case v.Kind != yaml.ScalarNode:
+			return valueErr(n, "variable %s (line %d): its value is a %s; want a single value", k.Value, v.Line, kindName(v))
+		case strings.ContainsRune(v.Value, 0):
+			return valueErr(n, "variable %s (line %d): its value holds a NUL byte", k.Value, v.Line)
+		}
+		seen[k.Value] = true
+		value := v.Value
+		if v.Tag == "!!null" {
+			value = ""
+		}
+		*e = append(*e, k.Value+"="+value)
+	}
+	return nil
+}
+
+// registryList is registries:, with the line of each URL for the
+// adapters' errors.
+type registryList struct {
+	urls  []string
+	lines []int
+}
+
+func (r *registryList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.SequenceNode {
+		return valueErr(n, "want a list such as [consul://127.0.0.1:8500], got a %s", kindName(n))
+	}
+	for _, item := range n.Content {
+		item = resolve(item)
+		s, err := scalar(item)
+		if err != nil {
+			e := valueErr(n, "an item %v", err)
+			e.line = item.Line
+			return e
+		}
+		r.urls, r.lines = append(r.urls, s), append(r.lines, item.Line)
+	}
+	return nil
 }
 
 // resolve follows aliases (*name) to the node they name.
@@ -390,42 +803,6 @@ func validName(s string) bool {
 		}
 	}
 	return true
-}
-
-// eachKey calls f for every key of mapping m, in order, after refusing
-// keys that are not scalars, duplicates, merges and keys not in valid.
-// where says whose keys they are, for errors ("in program \"web\"").
-func eachKey(file string, m *yaml.Node, where string, valid []string, f func(key string, k, v *yaml.Node) error) error {
-	seen := map[string]int{}
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		k, v := resolve(m.Content[i]), resolve(m.Content[i+1])
-		if k.Kind != yaml.ScalarNode {
-			return configError(file, k.Line, "a %s used as a key %s; keys are names such as port", kindName(k), where)
-		}
-		key := k.Value
-		if k.Tag == "!!merge" {
-			return configError(file, k.Line, "merge keys (<<) are not supported %s; write the keys out", where)
-		}
-		if first, dup := seen[key]; dup {
-			return configError(file, k.Line, "key %q appears twice %s (first at line %d)", key, where, first)
-		}
-		seen[key] = k.Line
-		if !slices.Contains(valid, key) {
-			if isCredentialKey(key) {
-				return configError(file, k.Line, "key %q %s: credentials never go in the file; pass --consul-token, --nacos-username and --nacos-password or set %s, %s and %s",
-					key, where, EnvConsulToken, EnvNacosUsername, EnvNacosPassword)
-			}
-			hint := ""
-			if near := nearest(key, valid); near != "" {
-				hint = fmt.Sprintf(" (did you mean %q?)", near)
-			}
-			return configError(file, k.Line, "unknown key %q %s%s; valid keys: %s", key, where, hint, strings.Join(valid, ", "))
-		}
-		if err := f(key, k, v); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func isCredentialKey(key string) bool {
@@ -485,242 +862,6 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
-}
-
-// parseProgram reads one program's settings; name is its key under
-// programs:.
-func parseProgram(file string, name, body *yaml.Node, def programConfig) (programConfig, error) {
-	p := programConfig{
-		Name: name.Value, Service: name.Value, Addr: def.Addr, Budget: def.Budget,
-		ConnWait: def.ConnWait, ConnWaitSet: def.ConnWaitSet,
-		lines: map[string]int{}, line: name.Line,
-	}
-	where := fmt.Sprintf("in program %q", p.Name)
-	if body.Kind != yaml.MappingNode {
-		if body.Tag == "!!null" {
-			return p, configError(file, name.Line, "program %q has no settings; give at least port and command", p.Name)
-		}
-		return p, configError(file, body.Line, "program %q: want a mapping of settings such as port: 8080, got a %s", p.Name, kindName(body))
-	}
-	err := eachKey(file, body, where, programKeys, func(key string, k, v *yaml.Node) error {
-		p.lines[key] = v.Line
-		fail := func(format string, args ...any) error {
-			return configError(file, v.Line, "program %q: %s %s", p.Name, key, fmt.Sprintf(format, args...))
-		}
-		var err error
-		switch key {
-		case "service", "addr", "id", "standby-id", "ready", "live", "dir":
-			var s string
-			if s, err = scalarString(v); err != nil {
-				return fail("%v", err)
-			}
-			switch key {
-			case "service":
-				p.Service = s
-			case "addr":
-				p.Addr = s
-			case "id":
-				p.ID = s
-			case "standby-id":
-				p.StandbyID = s
-			case "ready":
-				p.Ready = s
-			case "live":
-				p.Live = s
-			case "dir":
-				p.Dir = s
-			}
-		case "port", "standby-port":
-			n, err := scalarInt(v)
-			if err != nil {
-				return fail("%v", err)
-			}
-			if n < 1 || n > 65535 {
-				return fail("%d: want a port between 1 and 65535", n)
-			}
-			if key == "port" {
-				p.Port = n
-			} else {
-				p.StandbyPort = n
-			}
-		case "budget", "recycle-after":
-			s, err := scalarString(v)
-			if err != nil {
-				return fail("%v", err)
-			}
-			d, err := time.ParseDuration(s)
-			if err != nil || d < 0 || (key == "budget" && d == 0) {
-				return fail("%q: want a positive duration such as 30s or 24h", s)
-			}
-			if key == "budget" {
-				p.Budget = d
-			} else {
-				p.RecycleAfter = d
-			}
-		case "conn-wait":
-			s, err := scalarString(v)
-			if err != nil {
-				return fail("%v", err)
-			}
-			d, err := time.ParseDuration(s)
-			if err != nil || d < 0 {
-				return fail("%q: want a duration of 0 or more, such as 250ms (0: no wait for connections)", s)
-			}
-			p.ConnWait, p.ConnWaitSet = d, true
-		case "recycle-rss":
-			s, err := scalarString(v)
-			if err != nil {
-				return fail("%v", err)
-			}
-			if p.RecycleRSS, err = parseSize(s); err != nil {
-				return fail("%v", err)
-			}
-		case "standby":
-			if v.Kind != yaml.ScalarNode || v.Tag != "!!bool" {
-				return fail("%s: want true or false", scalarText(v))
-			}
-			p.Standby = v.Value == "true" || v.Value == "True" || v.Value == "TRUE"
-		case "command":
-			if p.Command, err = parseCommand(v); err != nil {
-				return fail("%v", err)
-			}
-		case "env":
-			if p.Env, err = parseEnv(v); err != nil {
-				return fail("%v", err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return p, err
-	}
-	for _, key := range []string{"port", "command"} {
-		if _, ok := p.lines[key]; !ok {
-			return p, configError(file, name.Line, "program %q: missing %s; every program needs port and command", p.Name, key)
-		}
-	}
-	if err := p.finish(); err != nil {
-		var fe *fieldError
-		if errors.As(err, &fe) {
-			return p, configError(file, p.lineOf(fe.key), "program %q: %s", p.Name, fe.render(""))
-		}
-		return p, configError(file, p.line, "program %q: %v", p.Name, err)
-	}
-	return p, nil
-}
-
-// lineOf is the line of key's value, or of the program's name when the key
-// was not written (a default).
-func (p *programConfig) lineOf(key string) int {
-	if l, ok := p.lines[key]; ok {
-		return l
-	}
-	if key == "standby-port" || key == "standby-id" {
-		if l, ok := p.lines["port"]; ok {
-			return l // derived from port
-		}
-	}
-	return p.line
-}
-
-// scalarString is a scalar's text. Numbers and booleans are taken as
-// written; null and collections are refused.
-func scalarString(v *yaml.Node) (string, error) {
-	if v.Kind != yaml.ScalarNode {
-		return "", fmt.Errorf("is a %s; want a single value", kindName(v))
-	}
-	if v.Tag == "!!null" {
-		return "", errors.New("is empty; give a value or remove the key")
-	}
-	return v.Value, nil
-}
-
-func scalarInt(v *yaml.Node) (int, error) {
-	s, err := scalarString(v)
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		return 0, fmt.Errorf("%q: want a whole number", scalarText(v))
-	}
-	return n, nil
-}
-
-// stringList reads a list of single values.
-func stringList(file, key string, v *yaml.Node) ([]string, error) {
-	if v.Kind != yaml.SequenceNode {
-		return nil, configError(file, v.Line, "%s: want a list such as [consul://127.0.0.1:8500], got a %s", key, kindName(v))
-	}
-	var out []string
-	for _, item := range v.Content {
-		item = resolve(item)
-		s, err := scalarString(item)
-		if err != nil {
-			return nil, configError(file, item.Line, "%s: an item %v", key, err)
-		}
-		out = append(out, s)
-	}
-	return out, nil
-}
-
-// parseCommand reads an argv list. A bare {port} in YAML is a mapping, so
-// it gets its own hint.
-func parseCommand(v *yaml.Node) ([]string, error) {
-	if v.Kind != yaml.SequenceNode {
-		return nil, fmt.Errorf("is a %s; want a list such as [./web, --listen, \"127.0.0.1:{port}\"] (no shell runs it)", kindName(v))
-	}
-	if len(v.Content) == 0 {
-		return nil, errors.New("is empty; give the program to run and its arguments")
-	}
-	var argv []string
-	for i, item := range v.Content {
-		item = resolve(item)
-		if item.Kind == yaml.MappingNode && len(item.Content) == 2 && item.Content[0].Value == "port" {
-			return nil, fmt.Errorf("item %d is a mapping: YAML reads an unquoted {port} as one; write \"{port}\" in quotes", i+1)
-		}
-		s, err := scalarString(item)
-		if err != nil {
-			return nil, fmt.Errorf("item %d %v", i+1, err)
-		}
-		if i == 0 && s == "" {
-			return nil, errors.New("item 1 is empty; name the program to run")
-		}
-		argv = append(argv, s)
-	}
-	return argv, nil
-}
-
-// parseEnv reads a mapping of variable names to values. Values are never
-// quoted in errors: they may hold secrets.
-func parseEnv(v *yaml.Node) ([]string, error) {
-	if v.Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("is a %s; want a mapping such as {GOMAXPROCS: \"2\"}", kindName(v))
-	}
-	var env []string
-	seen := map[string]bool{}
-	for i := 0; i+1 < len(v.Content); i += 2 {
-		k, val := resolve(v.Content[i]), resolve(v.Content[i+1])
-		if k.Kind != yaml.ScalarNode || k.Value == "" || strings.ContainsAny(k.Value, "=\x00") {
-			return nil, fmt.Errorf("variable name %q (line %d): want a name without '='", scalarText(k), k.Line)
-		}
-		if seen[k.Value] {
-			return nil, fmt.Errorf("variable %s appears twice (line %d)", k.Value, k.Line)
-		}
-		seen[k.Value] = true
-		if val.Kind != yaml.ScalarNode {
-			return nil, fmt.Errorf("variable %s (line %d): its value is a %s; want a single value", k.Value, val.Line, kindName(val))
-		}
-		value := val.Value
-		if val.Tag == "!!null" {
-			value = ""
-		}
-		if strings.ContainsRune(value, 0) {
-			return nil, fmt.Errorf("variable %s (line %d): its value holds a NUL byte", k.Value, val.Line)
-		}
-		env = append(env, k.Value+"="+value)
-	}
-	return env, nil
 }
 
 // checkAcross checks what no program can check alone: every port (first

@@ -32,9 +32,6 @@ func statusCommand() *ucli.Command {
 			if service == "" {
 				return badInput("missing --service; name the service to list")
 			}
-			if len(c.StringSlice("registry")) == 0 {
-				return badInput("no registry given; pass --registry URL (repeat for several) or set %s", EnvRegistry)
-			}
 			regs, err := openRegistries(c)
 			if err != nil {
 				return err

@@ -22,7 +22,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/lameduck/lameduck/internal/demo"
+	"github.com/lameduck/lameduck/cli/demo"
 	"github.com/lameduck/lameduck/registry"
 )
 

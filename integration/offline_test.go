@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lameduck/lameduck/cli/demo"
 	"github.com/lameduck/lameduck/drain"
-	"github.com/lameduck/lameduck/internal/demo"
 	"github.com/lameduck/lameduck/registry"
 	"github.com/lameduck/lameduck/registry/registrytest"
 )

@@ -1,6 +1,6 @@
 // Package registry defines what lameduck needs from a service registry: an
 // Instance value, the Registry interface with optional capabilities, a
-// fan-out over several registries, and WaitGone, the registry's confirmation
+// fan-out over several registries, and WatchGone, the registry's confirmation
 // that consumers no longer see an instance.
 //
 // Backends live beside this package (adapters/memory, adapters/consul,

@@ -119,7 +119,6 @@ type options struct {
 	datacenter string
 	tls        *TLS
 	check      Check
-	waitTime   time.Duration
 	resync     time.Duration
 	backoff    backoff.Policy
 	client     client
@@ -142,9 +141,6 @@ func (o *options) setDefaults() {
 	}
 	if o.check.DeregisterCriticalAfter <= 0 {
 		o.check.DeregisterCriticalAfter = time.Minute
-	}
-	if o.waitTime <= 0 {
-		o.waitTime = 5 * time.Minute
 	}
 	if o.resync <= 0 {
 		o.resync = 5 * time.Second
@@ -170,9 +166,6 @@ func WithTLS(t TLS) Option { return func(o *options) { o.tls = &t } }
 // WithCheck sets the health check registered with instances; the default
 // is a 15s TTL check renewed every 5s.
 func WithCheck(c Check) Option { return func(o *options) { o.check = c } }
-
-// WithWaitTime bounds each blocking query; the default is 5m.
-func WithWaitTime(d time.Duration) Option { return func(o *options) { o.waitTime = d } }
 
 // WithResync sets how often a registration is renewed (TTL) or checked for
 // loss and restored; the default is 5s, or TTL/3 if shorter.
@@ -216,8 +209,8 @@ func New(opts ...Option) (*Registry, error) {
 	if n > 1 {
 		return nil, errors.New("consul: a check sets more than one of TTL, HTTP and TCP; set exactly one")
 	}
-	if o.check.TTL < 0 || o.waitTime < 0 || o.resync < 0 {
-		return nil, errors.New("consul: TTL, wait time and resync interval must not be negative")
+	if o.check.TTL < 0 || o.resync < 0 {
+		return nil, errors.New("consul: TTL and resync interval must not be negative")
 	}
 	o.setDefaults()
 	// After the defaults, so that a resync is also checked against the

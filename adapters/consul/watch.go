@@ -48,6 +48,10 @@ type watcher struct {
 // misbehaving index cannot turn the watch into a busy loop.
 const minQueryGap = 10 * time.Millisecond
 
+// queryWait bounds each blocking query; Consul answers with an unchanged
+// index when it passes, and the watch asks again.
+const queryWait = 5 * time.Minute
+
 func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -67,7 +71,7 @@ func (w *watcher) Next(ctx context.Context) ([]registry.Instance, error) {
 				}
 			}
 			w.lastReq = time.Now()
-			q := (&api.QueryOptions{WaitIndex: w.index, WaitTime: w.r.o.waitTime, AllowStale: w.stale}).WithContext(ctx)
+			q := (&api.QueryOptions{WaitIndex: w.index, WaitTime: queryWait, AllowStale: w.stale}).WithContext(ctx)
 			var err error
 			entries, meta, err = w.c.HealthService(w.service, "", true, q)
 			return err

@@ -36,8 +36,7 @@ func main() {
 	adminAddr := flag.String("admin", "127.0.0.1:9901", "admin endpoint address")
 	flag.Parse()
 
-	creds := adapters.Credentials{NacosUsername: os.Getenv("NACOS_USERNAME"), NacosPassword: os.Getenv("NACOS_PASSWORD")}
-	reg, err := adapters.Open(context.Background(), *regURL, creds)
+	reg, err := adapters.Open(context.Background(), *regURL, adapters.CredentialsFromEnv())
 	check(err)
 	defer reg.Close()
 	hl, err := net.Listen("tcp", *httpAddr)

@@ -32,9 +32,6 @@ func (Real) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)}
 
 func (Real) AfterFunc(d time.Duration, f func()) Timer { return realTimer{time.AfterFunc(d, f)} }
 
-// Since is time.Since on c.
-func Since(c Clock, t time.Time) time.Duration { return c.Now().Sub(t) }
-
 type realTimer struct{ t *time.Timer }
 
 func (r realTimer) C() <-chan time.Time { return r.t.C }

@@ -13,13 +13,13 @@ import (
 
 // Defaults for a Supervisor.
 const (
-	DefaultFailureThreshold = 5                // suture's default
-	DefaultFailureHalfLife  = 30 * time.Second // suture's FailureDecay
-	DefaultCheckInterval    = 100 * time.Millisecond
+	DefaultFailureThreshold = 5                      // suture's default
+	DefaultFailureHalfLife  = 30 * time.Second       // suture's FailureDecay
+	DefaultCheckInterval    = 100 * time.Millisecond // how often a readiness check is retried until it passes
 	DefaultCheckTimeout     = 2 * time.Second
 	DefaultLiveFailures     = 3
 	DefaultConnQuiet        = 250 * time.Millisecond
-	DefaultDeregTimeout     = 10 * time.Second
+	DefaultDeregTimeout     = 10 * time.Second      // bounds the deregistration after a child's death
 	DefaultRecycleInterval  = time.Second           // how often age and memory are looked at
 	connPoll                = 10 * time.Millisecond // how often the port's connections are counted
 )
@@ -115,12 +115,6 @@ func WithBackoff(initial, max time.Duration) Option {
 	return func(o *options) { o.restart = backoff.Policy{Initial: initial, Max: max} }
 }
 
-// WithCheckInterval sets how often the readiness check is retried until it
-// passes. The default is 100ms.
-func WithCheckInterval(d time.Duration) Option {
-	return func(o *options) { o.checkInterval = d }
-}
-
 // WithCheckTimeout bounds each call of Spec.Ready and Spec.Live: its ctx
 // ends after d, and the call counts as failed. The default is 2s.
 func WithCheckTimeout(d time.Duration) Option {
@@ -180,12 +174,6 @@ func WithConnWait(d time.Duration) Option {
 // connection wait ended because WithConnWait's bound passed, rather than
 // because the deadline came.
 var ErrConnWait = errors.New("supervisor: conn wait passed with requests still running")
-
-// WithDeregisterTimeout bounds the retries of the deregistration that
-// follows a child's death. The default is 10s.
-func WithDeregisterTimeout(d time.Duration) Option {
-	return func(o *options) { o.deregTimeout = d }
-}
 
 // WithStandby keeps a warm standby: a second copy of the child runs on
 // Spec.StandbyPort, ready but not registered. When the active copy dies,

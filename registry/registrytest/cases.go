@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,14 +27,13 @@ func testRegisterThenWatch(t *testing.T, e *env) {
 	}
 }
 
-func testDeregisterThenWaitGone(t *testing.T, e *env) {
+func testDeregisterConfirmed(t *testing.T, e *env) {
 	a := e.inst(0)
 	e.register(t, a)
 	e.consumer.await(t, "a list holding "+show(a), has(a))
-	e.deregister(t, a)
-	e.waitGone(t, a)
+	e.confirmGone(t, a, func() { e.deregister(t, a) })
 	if l := e.freshList(t); registry.Contains(l, a) {
-		t.Errorf("first list of a new watch after WaitGone: want no %s, got %s", show(a), showList(l))
+		t.Errorf("first list of a new watch after the confirmation: want no %s, got %s", show(a), showList(l))
 	}
 	e.consumer.await(t, "a list without "+show(a), lacks(a))
 }
@@ -49,11 +46,12 @@ func testDeregisterUnknownAndTwice(t *testing.T, e *env) {
 	a := e.inst(0)
 	e.register(t, a)
 	e.consumer.await(t, "a list holding "+show(a), has(a))
-	e.deregister(t, a)
-	if err := e.reg.Deregister(e.ctx(t), a); err != nil {
-		t.Errorf("second Deregister(%s): want nil error (already gone), got %v", show(a), err)
-	}
-	e.waitGone(t, a)
+	e.confirmGone(t, a, func() {
+		e.deregister(t, a)
+		if err := e.reg.Deregister(e.ctx(t), a); err != nil {
+			t.Errorf("second Deregister(%s): want nil error (already gone), got %v", show(a), err)
+		}
+	})
 }
 
 func testRegisterIdempotent(t *testing.T, e *env) {
@@ -73,8 +71,7 @@ func testRemoveOneOfTwo(t *testing.T, e *env) {
 	a, b := e.inst(0), e.inst(1)
 	e.register(t, a, b)
 	e.consumer.await(t, "a list holding "+show(a)+" and "+show(b), all(has(a), has(b)))
-	e.deregister(t, a)
-	e.waitGone(t, a)
+	e.confirmGone(t, a, func() { e.deregister(t, a) })
 	list := e.consumer.await(t, "a list without "+show(a), lacks(a))
 	if !registry.Contains(list, b) {
 		t.Errorf("consumer list after removing %s: want %s still there, got %s", show(a), show(b), showList(list))
@@ -92,10 +89,11 @@ func testDisableEnable(t *testing.T, e *env) {
 	a, b := e.inst(0), e.inst(1)
 	e.register(t, a, b)
 	e.consumer.await(t, "a list holding "+show(a)+" and "+show(b), all(has(a), has(b)))
-	if err := d.Disable(e.ctx(t), a); err != nil {
-		t.Fatalf("Disable(%s): want nil error, got %v", show(a), err)
-	}
-	e.waitGone(t, a)
+	e.confirmGone(t, a, func() {
+		if err := d.Disable(e.ctx(t), a); err != nil {
+			t.Fatalf("Disable(%s): want nil error, got %v", show(a), err)
+		}
+	})
 	list := e.consumer.await(t, "a list without disabled "+show(a), lacks(a))
 	if !registry.Contains(list, b) {
 		t.Errorf("consumer list after disabling %s: want %s still there, got %s", show(a), show(b), showList(list))
@@ -118,10 +116,11 @@ func testHealth(t *testing.T, e *env) {
 	e.register(t, a, b)
 	e.consumer.await(t, "a list holding "+show(a)+" and "+show(b), all(has(a), has(b)))
 	for _, h := range []registry.Health{registry.HealthCritical, registry.HealthWarning} {
-		if err := hs.SetHealth(e.ctx(t), a, h, "registrytest"); err != nil {
-			t.Fatalf("SetHealth(%s, %v): want nil error, got %v", show(a), h, err)
-		}
-		e.waitGone(t, a)
+		e.confirmGone(t, a, func() {
+			if err := hs.SetHealth(e.ctx(t), a, h, "registrytest"); err != nil {
+				t.Fatalf("SetHealth(%s, %v): want nil error, got %v", show(a), h, err)
+			}
+		})
 		list := e.consumer.await(t, fmt.Sprintf("a list without %v %s", h, show(a)), lacks(a))
 		if !registry.Contains(list, b) {
 			t.Errorf("consumer list after %s turned %v: want %s still there, got %s", show(a), h, show(b), showList(list))
@@ -338,23 +337,19 @@ func testCanceledContext(t *testing.T, e *env) {
 	}
 }
 
-func testWaitGoneDeadline(t *testing.T, e *env) {
+func testGoneWatchDeadline(t *testing.T, e *env) {
 	a := e.inst(0)
 	e.register(t, a)
 	e.consumer.await(t, "a list holding "+show(a), has(a))
+	g, err := registry.WatchGone(e.ctx(t), e.reg, a, registry.GoneOptions{})
+	if err != nil {
+		t.Fatalf("WatchGone(%s) on %s: want a watch, got %v", show(a), e.reg, err)
+	}
+	defer g.Stop()
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
-	var gone atomic.Int32
-	err := bounded(t, e.h.Timeout, func() error {
-		return registry.WaitGone(ctx, a, func(registry.Registry) { gone.Add(1) }, e.reg)
-	})
+	err = bounded(t, e.h.Timeout, func() error { return g.Wait(ctx) })
 	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("WaitGone(%s) while it is still registered, ctx ending: want an error wrapping context.DeadlineExceeded, got %v", show(a), err)
-	}
-	if !strings.Contains(err.Error(), e.reg.String()) {
-		t.Errorf("WaitGone error: want it to name %q, got %q", e.reg.String(), err)
-	}
-	if n := gone.Load(); n != 0 {
-		t.Errorf("onGone: want no calls for an instance still listed, got %d", n)
+		t.Fatalf("GoneWatch.Wait(%s) while it is still registered, ctx ending: want an error wrapping context.DeadlineExceeded, got %v", show(a), err)
 	}
 }

@@ -148,7 +148,7 @@ func Run(t *testing.T, h Harness) {
 		f    func(*testing.T, *env)
 	}{
 		{"RegisterThenWatch", testRegisterThenWatch},
-		{"DeregisterThenWaitGone", testDeregisterThenWaitGone},
+		{"DeregisterConfirmed", testDeregisterConfirmed},
 		{"DeregisterUnknownAndTwice", testDeregisterUnknownAndTwice},
 		{"RegisterIdempotent", testRegisterIdempotent},
 		{"RemoveOneOfTwo", testRemoveOneOfTwo},
@@ -158,7 +158,7 @@ func Run(t *testing.T, h Harness) {
 		{"WatcherCancelAndStop", testWatcherCancelAndStop},
 		{"RegisterRejectsInvalid", testRegisterRejectsInvalid},
 		{"HonoursCanceledContext", testCanceledContext},
-		{"WaitGoneDeadline", testWaitGoneDeadline},
+		{"GoneWatchDeadline", testGoneWatchDeadline},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -230,16 +230,21 @@ func (e *env) deregister(t *testing.T, i registry.Instance) {
 	}
 }
 
-// waitGone runs registry.WaitGone on the registry under test and fails the
-// test unless it confirms within Timeout.
-func (e *env) waitGone(t *testing.T, i registry.Instance) {
+// confirmGone opens a registry.GoneWatch on i in the registry under test,
+// makes change, and fails the test unless the watch confirms i gone within
+// Timeout. The watch is opened first because one opened after the change
+// reads the registry's current state, which proves nothing.
+func (e *env) confirmGone(t *testing.T, i registry.Instance, change func()) {
 	t.Helper()
 	ctx := e.ctx(t)
-	err := bounded(t, e.h.Timeout+5*time.Second, func() error {
-		return registry.WaitGone(ctx, i, nil, e.reg)
-	})
+	g, err := registry.WatchGone(ctx, e.reg, i, registry.GoneOptions{})
 	if err != nil {
-		t.Fatalf("WaitGone(%s) on %s: want nil error within %v, got %v", show(i), e.reg, e.h.Timeout, err)
+		t.Fatalf("WatchGone(%s) on %s: want a watch, got %v", show(i), e.reg, err)
+	}
+	defer g.Stop()
+	change()
+	if err := bounded(t, e.h.Timeout+5*time.Second, func() error { return g.Wait(ctx) }); err != nil {
+		t.Fatalf("GoneWatch.Wait(%s) on %s: want nil error within %v, got %v", show(i), e.reg, e.h.Timeout, err)
 	}
 }
 

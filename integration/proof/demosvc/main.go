@@ -201,13 +201,8 @@ type event struct {
 }
 
 func runLibrary(ln net.Listener, srv *http.Server, service, regURL, adminAddr string, budget time.Duration) int {
-	creds := adapters.Credentials{
-		ConsulToken:   os.Getenv("CONSUL_HTTP_TOKEN"),
-		NacosUsername: os.Getenv("NACOS_USERNAME"),
-		NacosPassword: os.Getenv("NACOS_PASSWORD"),
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	reg, err := adapters.Open(ctx, regURL, creds)
+	reg, err := adapters.Open(ctx, regURL, adapters.CredentialsFromEnv())
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demosvc: %v\n", err)

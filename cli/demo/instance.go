@@ -1,6 +1,10 @@
 // Package demo is lameduck's show-and-tell: three instances of a small HTTP
 // service behind a registry, a load generator that discovers them through the
 // registry's watch, and two ways of taking an instance down under load.
+//
+// It serves `lameduck demo` and the integration tests, which run the same
+// scenario against real registries; it lives outside internal/ so that
+// integration/ may import it, and is not a stable API.
 package demo
 
 import (
