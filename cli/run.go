@@ -18,6 +18,7 @@ import (
 	"github.com/lameduck/lameduck/adapters"
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/pkg/admin"
+	"github.com/lameduck/lameduck/pkg/probe"
 	"github.com/lameduck/lameduck/pkg/supervisor"
 )
 
@@ -224,10 +225,10 @@ func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, m
 		spec.Registries = append(spec.Registries, r)
 	}
 	if p.Ready != "" {
-		spec.Ready = supervisor.HTTPCheck(p.Ready)
+		spec.Ready = probe.HTTP(p.Ready)
 	}
 	if p.Live != "" {
-		spec.Live = supervisor.HTTPCheck(p.Live)
+		spec.Live = probe.HTTP(p.Live)
 	}
 	log := slog.Default()
 	opts := []supervisor.Option{
@@ -437,4 +438,4 @@ func tcpReady(ctx context.Context, port int) error {
 	return conn.Close()
 }
 
-var _ supervisor.Check = tcpReady
+var _ probe.Check = tcpReady

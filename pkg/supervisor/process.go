@@ -15,6 +15,8 @@ import (
 	"unsafe"
 
 	"github.com/prometheus/procfs"
+
+	"github.com/lameduck/lameduck/pkg/probe"
 )
 
 // child is one running (or exited) child process. Its PID is also its
@@ -59,7 +61,7 @@ func (s *Supervisor) start(port int) (*child, error) {
 		p := strconv.Itoa(port)
 		args = make([]string, len(s.spec.Args))
 		for i, a := range s.spec.Args {
-			args[i] = strings.ReplaceAll(a, PortPlaceholder, p)
+			args[i] = strings.ReplaceAll(a, probe.PortPlaceholder, p)
 		}
 		env = append(env, "PORT="+p, "LAMEDUCK_PORT="+p)
 	}

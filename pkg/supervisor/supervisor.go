@@ -66,6 +66,7 @@ import (
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/pkg/conncount"
+	"github.com/lameduck/lameduck/pkg/probe"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -89,13 +90,13 @@ type Spec struct {
 	Registries []registry.Registry
 
 	// Ready reports whether a copy of the child can take traffic (an HTTP
-	// GET of its health endpoint, say; see HTTPCheck). It is called at once
+	// GET of its health endpoint, say; see probe.HTTP). It is called at once
 	// after the start, then every check interval until it passes. Required
 	// with Registries.
-	Ready Check
+	Ready probe.Check
 	// Live, if set, is called every liveness interval once a copy is ready;
 	// enough failures in a row count as that copy's death.
-	Live Check
+	Live probe.Check
 
 	// StandbyPort is the port of a second copy of the child: the warm
 	// standby (WithStandby) and the replacement a recycle starts
@@ -188,7 +189,7 @@ func New(spec Spec, opts ...Option) (*Supervisor, error) {
 			return nil, fmt.Errorf("supervisor: %w", err)
 		}
 		if spec.Ready == nil {
-			return nil, errors.New("supervisor: Spec.Ready is nil; the instance is registered only once a readiness check passes (see HTTPCheck)")
+			return nil, errors.New("supervisor: Spec.Ready is nil; the instance is registered only once a readiness check passes (see probe.HTTP)")
 		}
 	}
 	switch {
@@ -341,7 +342,7 @@ func (s *Supervisor) lifecycle(ctx context.Context, p *proc, report func(msg)) {
 }
 
 // check calls f with a context that ends after the check timeout.
-func (s *Supervisor) check(ctx context.Context, f Check, port int) error {
+func (s *Supervisor) check(ctx context.Context, f probe.Check, port int) error {
 	cctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	t := s.o.clock.AfterFunc(s.o.checkTimeout, func() {
