@@ -124,7 +124,7 @@ func runAction(c *ucli.Context) error {
 	for _, p := range progs {
 		names = append(names, p.Name)
 	}
-	metrics, err := admin.NewSupervisorMetrics(names...)
+	metrics, err := supervisor.NewMetrics(names...)
 	if err != nil {
 		return err
 	}
@@ -212,7 +212,7 @@ func openRunRegistries(c *ucli.Context, rf *runFile) ([]adapters.Registry, error
 }
 
 // newSupervisor builds the supervisor of one program.
-func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, metrics *admin.SupervisorMetrics) (*supervisor.Supervisor, error) {
+func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, metrics *supervisor.Metrics) (*supervisor.Supervisor, error) {
 	spec := supervisor.Spec{
 		Name: p.Name, Path: p.Command[0], Args: p.Command[1:], Env: p.Env, Dir: p.Dir,
 		Instance: p.instance(), Ready: tcpReady,
@@ -255,7 +255,7 @@ func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, m
 // are independent, as under supervisord or systemd: one that gives up
 // (or exits 0 on its own) leaves the others running. ctx's end takes them
 // all offline at once; a second interrupt forces them all.
-func superviseAll(ctx context.Context, progs []programConfig, sups []*supervisor.Supervisor, metrics *admin.SupervisorMetrics) error {
+func superviseAll(ctx context.Context, progs []programConfig, sups []*supervisor.Supervisor, metrics *supervisor.Metrics) error {
 	forced := forceRequested(ctx)
 	over := make(chan struct{})
 	defer close(over)
@@ -402,7 +402,7 @@ func checkMetricsFlags(c *ucli.Context) error {
 }
 
 // serveMetrics serves m at GET /metrics on addr until stop is called.
-func serveMetrics(addr, token string, m *admin.SupervisorMetrics) (stop func(), err error) {
+func serveMetrics(addr, token string, m *supervisor.Metrics) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, badInput("--metrics %s: %v; choose a free address", addr, err)
