@@ -72,6 +72,7 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics at http://ADDR/metrics, such as 127.0.0.1:9464"},
 			&ucli.StringFlag{Name: "admin-token", Usage: "bearer token /metrics then requires; lets --metrics bind a non-loopback address", EnvVars: []string{EnvAdminToken}},
 		),
+		Before: func(*ucli.Context) error { return linuxOnlyRun.onThisOS() },
 		Action: runAction,
 	}
 }

@@ -1,3 +1,7 @@
+//go:build linux
+
+// Linux only: the supervisor (`lameduck run`) is.
+
 package integration
 
 // Helpers for supervisor_test.go: the supervisor's test child, the three

@@ -49,6 +49,11 @@
 // runtime.LockOSThread, which this package never does. If the supervisor
 // itself is killed, a guard process (see guard.go) sends SIGKILL to every
 // child's process group, so grandchildren do not outlive it either.
+//
+// The supervisor runs on Linux only: nothing else has Pdeathsig, nor the
+// kernel's TCP tables that tell when a child's requests have ended. The
+// package builds everywhere, and New says so elsewhere with an error for
+// which errors.Is(err, errors.ErrUnsupported) is true.
 package supervisor
 
 import (
@@ -57,6 +62,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -166,13 +172,17 @@ type Supervisor struct {
 }
 
 // New checks spec and the options and returns a Supervisor. It starts
-// nothing.
+// nothing. Off Linux it returns an error for which errors.Is(err,
+// errors.ErrUnsupported) is true (see the package doc).
 func New(spec Spec, opts ...Option) (*Supervisor, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
 	o.setDefaults()
+	if err := checkOS(runtime.GOOS); err != nil {
+		return nil, err
+	}
 	if spec.Path == "" {
 		return nil, errors.New("supervisor: Spec.Path is empty; name the program to run")
 	}
