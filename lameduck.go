@@ -3,7 +3,7 @@
 // endpoint and signal handling, around one offline protocol.
 //
 //	app, err := lameduck.New(inst, []registry.Registry{reg},
-//		lameduck.WithReady(lameduck.HTTPReady("http://127.0.0.1:8080/healthz")),
+//		lameduck.WithReady(probe.HTTP("http://127.0.0.1:8080/healthz").At(8080)),
 //		lameduck.WithStopHook("http", srv.Shutdown))
 //	mw, _ := httpdrain.Middleware(app.Tracker())
 //	...
@@ -31,7 +31,6 @@ import (
 	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/internal/clock"
 	"github.com/lameduck/lameduck/pkg/admin"
-	"github.com/lameduck/lameduck/pkg/supervisor"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -134,15 +133,6 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 // WithSignals sets the signals that start going offline; the default is
 // SIGTERM and SIGINT.
 func WithSignals(sig ...os.Signal) Option { return func(o *options) { o.signals = sig } }
-
-// HTTPReady returns a readiness check that passes when url answers 2xx. It
-// is supervisor.HTTPCheck, the one HTTP check the project has: no
-// keep-alive (an idle check connection would count as in flight), and the
-// body is read and dropped.
-func HTTPReady(url string) func(ctx context.Context) error {
-	check := supervisor.HTTPCheck(url)
-	return func(ctx context.Context) error { return check(ctx, 0) }
-}
 
 // App is one instance of an application under lameduck. Create it with
 // New, count requests with Tracker, and call Run once.

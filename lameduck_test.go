@@ -54,6 +54,12 @@ func testInstance() registry.Instance {
 	return registry.Instance{Service: "web", ID: "web-1", Address: "127.0.0.1", Port: 8080}
 }
 
+// unsentSignal is what Apps under test listen for instead of SIGTERM and
+// SIGINT: nothing sends it to a test, and syscall defines it on every OS
+// (SIGUSR2 is not on Windows). It must be a real signal: with none enabled,
+// signal.Stop never returns.
+const unsentSignal = syscall.SIGALRM
+
 // A registration refused for good ends Run at once, with the stop hooks run
 // and the refusal returned, instead of retrying forever.
 func TestRunStopsOnRejectedRegistration(t *testing.T) {
@@ -64,7 +70,7 @@ func TestRunStopsOnRejectedRegistration(t *testing.T) {
 	}
 	stopped := make(chan struct{})
 	app, err := New(testInstance(), []registry.Registry{rejecting{mem}},
-		WithAdmin("", ""), WithSignals(syscall.SIGUSR2),
+		WithAdmin("", ""), WithSignals(unsentSignal),
 		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
 		WithStopHook("server", func(context.Context) error { close(stopped); return nil }))
 	if err != nil {
@@ -97,7 +103,7 @@ func TestRunGoesOfflineWhenCtxEnds(t *testing.T) {
 	}
 	var registered atomic.Bool
 	app, err := New(testInstance(), []registry.Registry{mem},
-		WithAdmin("", ""), WithSignals(syscall.SIGUSR2),
+		WithAdmin("", ""), WithSignals(unsentSignal),
 		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
 		WithDrain(drain.WithBudget(5*time.Second), drain.WithQuietWindow(0)),
 		WithReady(func(context.Context) error { registered.Store(true); return nil }))

@@ -1,3 +1,7 @@
+//go:build linux
+
+// Linux only: prestop's plain mode and `lameduck run` are (see platform.go).
+
 package cli
 
 import (

@@ -1,3 +1,7 @@
+//go:build unix
+
+// Unix only: it checks with kill(pid, 0) that the app is gone.
+
 package cli
 
 import (

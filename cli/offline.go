@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	ucli "github.com/urfave/cli/v2"
@@ -87,8 +86,8 @@ func offlineCommand() *ucli.Command {
 				return badInput("--stop needs --admin (a lameduck app stops itself) or --pid")
 			}
 			pid := c.Int("pid")
-			if pid != 0 && (pid < 0 || syscall.Kill(pid, 0) != nil) {
-				return badInput("--pid %d is not a process this user can signal", pid)
+			if err := checkPID(pid); err != nil {
+				return err
 			}
 			job, err := parseOfflineJob(c)
 			if err != nil {
@@ -247,7 +246,7 @@ const outcomeDeregistered drain.Outcome = "deregistered"
 
 // terminate sends SIGTERM to pid: offline --stop --pid's stop hook.
 func terminate(pid int) error {
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+	if err := sendSIGTERM(pid); err != nil {
 		return fmt.Errorf("offline: SIGTERM to pid %d: %w", pid, err)
 	}
 	return nil

@@ -63,6 +63,9 @@ func prestopCommand() *ucli.Command {
 				}
 				return prestopAdminOnly(c)
 			}
+			if err := linuxOnlyPlainPrestop.onThisOS(); err != nil {
+				return err
+			}
 			port := c.Int("port")
 			if port < 1 || port > 65535 {
 				return badInput("--port %d: give the app's port (1-65535), or --admin for an app that links lameduck", port)

@@ -18,6 +18,7 @@ import (
 	"github.com/lameduck/lameduck/adapters"
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/pkg/admin"
+	"github.com/lameduck/lameduck/pkg/probe"
 	"github.com/lameduck/lameduck/pkg/supervisor"
 )
 
@@ -71,6 +72,7 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics at http://ADDR/metrics, such as 127.0.0.1:9464"},
 			&ucli.StringFlag{Name: "admin-token", Usage: "bearer token /metrics then requires; lets --metrics bind a non-loopback address", EnvVars: []string{EnvAdminToken}},
 		),
+		Before: func(*ucli.Context) error { return linuxOnlyRun.onThisOS() },
 		Action: runAction,
 	}
 }
@@ -123,7 +125,7 @@ func runAction(c *ucli.Context) error {
 	for _, p := range progs {
 		names = append(names, p.Name)
 	}
-	metrics, err := admin.NewSupervisorMetrics(names...)
+	metrics, err := supervisor.NewMetrics(names...)
 	if err != nil {
 		return err
 	}
@@ -211,7 +213,7 @@ func openRunRegistries(c *ucli.Context, rf *runFile) ([]adapters.Registry, error
 }
 
 // newSupervisor builds the supervisor of one program.
-func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, metrics *admin.SupervisorMetrics) (*supervisor.Supervisor, error) {
+func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, metrics *supervisor.Metrics) (*supervisor.Supervisor, error) {
 	spec := supervisor.Spec{
 		Name: p.Name, Path: p.Command[0], Args: p.Command[1:], Env: p.Env, Dir: p.Dir,
 		Instance: p.instance(), Ready: tcpReady,
@@ -224,10 +226,10 @@ func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, m
 		spec.Registries = append(spec.Registries, r)
 	}
 	if p.Ready != "" {
-		spec.Ready = supervisor.HTTPCheck(p.Ready)
+		spec.Ready = probe.HTTP(p.Ready)
 	}
 	if p.Live != "" {
-		spec.Live = supervisor.HTTPCheck(p.Live)
+		spec.Live = probe.HTTP(p.Live)
 	}
 	log := slog.Default()
 	opts := []supervisor.Option{
@@ -254,7 +256,7 @@ func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, m
 // are independent, as under supervisord or systemd: one that gives up
 // (or exits 0 on its own) leaves the others running. ctx's end takes them
 // all offline at once; a second interrupt forces them all.
-func superviseAll(ctx context.Context, progs []programConfig, sups []*supervisor.Supervisor, metrics *admin.SupervisorMetrics) error {
+func superviseAll(ctx context.Context, progs []programConfig, sups []*supervisor.Supervisor, metrics *supervisor.Metrics) error {
 	forced := forceRequested(ctx)
 	over := make(chan struct{})
 	defer close(over)
@@ -401,7 +403,7 @@ func checkMetricsFlags(c *ucli.Context) error {
 }
 
 // serveMetrics serves m at GET /metrics on addr until stop is called.
-func serveMetrics(addr, token string, m *admin.SupervisorMetrics) (stop func(), err error) {
+func serveMetrics(addr, token string, m *supervisor.Metrics) (stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, badInput("--metrics %s: %v; choose a free address", addr, err)
@@ -437,4 +439,4 @@ func tcpReady(ctx context.Context, port int) error {
 	return conn.Close()
 }
 
-var _ supervisor.Check = tcpReady
+var _ probe.Check = tcpReady

@@ -1,3 +1,7 @@
+//go:build linux
+
+// Linux only: `lameduck run` is (see platform.go).
+
 package cli
 
 import (

@@ -19,7 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/lameduck/lameduck/adapters"
-	"github.com/lameduck/lameduck/pkg/supervisor"
+	"github.com/lameduck/lameduck/pkg/probe"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -152,23 +152,23 @@ func (p *programConfig) finish() error {
 // would be judged by one of them. It returns the URL to use, or a problem.
 func checkURL(raw string, port int, needPort bool) (string, string) {
 	const example = "such as http://127.0.0.1:{port}/healthz"
-	u, err := url.Parse(strings.ReplaceAll(raw, supervisor.PortPlaceholder, "1"))
+	u, err := url.Parse(strings.ReplaceAll(raw, probe.PortPlaceholder, "1"))
 	switch {
 	case err != nil, u.Scheme != "http" && u.Scheme != "https", u.Host == "":
 		return "", "want an http:// or https:// URL " + example
 	case u.User != nil:
 		return "", "carries credentials; checks send none, so leave them out"
 	}
-	if !strings.Contains(raw, supervisor.PortPlaceholder) && u.Port() == strconv.Itoa(port) {
+	if !strings.Contains(raw, probe.PortPlaceholder) && u.Port() == strconv.Itoa(port) {
 		// url.Parse accepted it, so the authority ends with ":port".
 		start := strings.Index(raw, "://") + 3
 		end := len(raw)
 		if k := strings.IndexAny(raw[start:], "/?#"); k >= 0 {
 			end = start + k
 		}
-		raw = raw[:end-len(u.Port())] + supervisor.PortPlaceholder + raw[end:]
+		raw = raw[:end-len(u.Port())] + probe.PortPlaceholder + raw[end:]
 	}
-	if needPort && !strings.Contains(raw, supervisor.PortPlaceholder) {
+	if needPort && !strings.Contains(raw, probe.PortPlaceholder) {
 		return "", "names neither the program's port nor {port}, so both copies would be checked on one port; write {port} where the copy's port goes, " + example
 	}
 	return raw, ""

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -435,7 +434,7 @@ func killMember(t *testing.T, pidfile, script string) (heal func()) {
 	if err != nil {
 		t.Fatalf("%s holds %q, not a PID", pidfile, b)
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+	if err := killPID(pid); err != nil {
 		t.Fatalf("SIGKILL %d (%s): %v", pid, pidfile, err)
 	}
 	healed := false

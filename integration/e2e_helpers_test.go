@@ -130,8 +130,8 @@ func e2eStart(t *testing.T, name, bin string, args ...string) *child {
 		case <-time.After(10 * time.Second):
 			t.Errorf("%s (pid %d) not reaped 10s after SIGKILL", name, pid)
 		}
-		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("%s (pid %d) outlived the test: kill(pid, 0) = %v, want ESRCH", name, pid, err)
+		if err := processGone(pid); err != nil {
+			t.Errorf("%s (pid %d) outlived the test: %v", name, pid, err)
 		}
 		if t.Failed() {
 			t.Logf("%s %s: %s\n--- stdout:\n%s--- stderr:\n%s", name, strings.Join(args, " "), c.describe(), c.stdout, c.stderr)

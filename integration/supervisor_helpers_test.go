@@ -1,3 +1,7 @@
+//go:build linux
+
+// Linux only: the supervisor (`lameduck run`) is.
+
 package integration
 
 // Helpers for supervisor_test.go: the supervisor's test child, the three
@@ -24,6 +28,7 @@ import (
 	"time"
 
 	"github.com/lameduck/lameduck/adapters/memory"
+	"github.com/lameduck/lameduck/pkg/probe"
 	"github.com/lameduck/lameduck/pkg/supervisor"
 	"github.com/lameduck/lameduck/registry"
 )
@@ -400,12 +405,12 @@ func supSpec(child, service string, reg registry.Registry, port, standby int) su
 	return supervisor.Spec{
 		Name: "supchild",
 		Path: child,
-		Args: []string{"-addr=127.0.0.1:" + supervisor.PortPlaceholder},
+		Args: []string{"-addr=127.0.0.1:" + probe.PortPlaceholder},
 		Instance: registry.Instance{
 			Service: service, ID: service + "-" + strconv.Itoa(port), Address: "127.0.0.1", Port: port,
 		},
 		Registries:  []registry.Registry{reg},
-		Ready:       supervisor.HTTPCheck("http://127.0.0.1:" + supervisor.PortPlaceholder + "/healthz"),
+		Ready:       probe.HTTP("http://127.0.0.1:" + probe.PortPlaceholder + "/healthz"),
 		StandbyPort: standby,
 	}
 }

@@ -1,3 +1,7 @@
+//go:build linux
+
+// Linux only: the supervisor (`lameduck run`) is.
+
 package integration
 
 // The integration proof of the supervisor (`lameduck run`, pkg/supervisor)

@@ -68,7 +68,7 @@ func startProc(cfg *config, name, bin string, args ...string) (*proc, error) {
 	p := &proc{name: name, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = childEnv(cfg)
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = childAttr()
 	outR, err := p.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

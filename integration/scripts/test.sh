@@ -15,6 +15,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Every package builds and vets on Linux, macOS and Windows (Makefile's
+# cross): cheap, so it fails fast, before any server starts.
+make --no-print-directory cross
+
 # Running already: a standalone server's PID file names a live process, or a
 # cluster's first member answers.
 running() {

@@ -185,6 +185,26 @@ func (h *handler) authorized(r *http.Request) bool {
 	return subtle.ConstantTimeCompare([]byte(got[len(prefix):]), []byte(h.o.token)) == 1
 }
 
+// RequireToken wraps h so that every request must carry
+// "Authorization: Bearer token", compared in constant time as the admin
+// endpoint's state changes are; others get 401. The token is never logged
+// or echoed. An empty token lets every request through. Use it to serve
+// metrics off loopback (CheckAddr's rule).
+func RequireToken(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	auth := &handler{o: options{token: token}}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !auth.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="lameduck"`)
+			http.Error(w, "admin: missing or wrong bearer token", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)

@@ -317,6 +317,36 @@ func TestToken(t *testing.T) {
 	}
 }
 
+// RequireToken guards what it wraps as the endpoint guards its state
+// changes.
+func TestRequireToken(t *testing.T) {
+	t.Parallel()
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("metrics")) })
+	h := RequireToken("s3cret", ok)
+	cases := []struct {
+		name   string
+		header http.Header
+		want   int
+	}{
+		{"no token", nil, http.StatusUnauthorized},
+		{"wrong token", bearer("nope"), http.StatusUnauthorized},
+		{"not bearer", http.Header{"Authorization": {"Basic s3cret"}}, http.StatusUnauthorized},
+		{"right token", bearer("s3cret"), http.StatusOK},
+	}
+	for _, c := range cases {
+		rec := do(t, h, http.MethodGet, "/metrics", c.header)
+		if rec.Code != c.want {
+			t.Errorf("%s: want %d, got %d", c.name, c.want, rec.Code)
+		}
+		if strings.Contains(rec.Body.String(), "s3cret") {
+			t.Errorf("%s: want the token never echoed, got %q", c.name, rec.Body.String())
+		}
+	}
+	if rec := do(t, RequireToken("", ok), http.MethodGet, "/metrics", nil); rec.Code != http.StatusOK {
+		t.Errorf("empty token: want every request through, got %d", rec.Code)
+	}
+}
+
 // TestTokenNotNeededToRead: reads stay open with a token set; only state
 // changes need it.
 func TestTokenNotNeededToRead(t *testing.T) {

@@ -25,9 +25,11 @@ const (
 	MetricConfirmLatency = "lameduck_registry_confirm_latency_seconds"
 )
 
-// durationBuckets spans a registry push (milliseconds) to a long budget
-// (minutes), for both phase durations and confirmation latencies.
-var durationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60, 120}
+// DurationBuckets are the histogram buckets, in seconds, of phase durations
+// and confirmation latencies, here and in the supervisor's metrics: from a
+// registry push (milliseconds) to a long budget (minutes). Do not modify
+// it.
+var DurationBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60, 120}
 
 var (
 	inFlightDesc = prometheus.NewDesc(MetricInFlight,
@@ -116,12 +118,12 @@ func NewMetrics(src StatusSource) (*Metrics, error) {
 		phaseDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    MetricPhaseDuration,
 			Help:    "Time spent in each phase of the offline protocol, observed when the next phase begins.",
-			Buckets: durationBuckets,
+			Buckets: DurationBuckets,
 		}, []string{"phase"}),
 		confirmLat: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    MetricConfirmLatency,
 			Help:    "Time from deregistering the instance to the registry's watch no longer listing it, per registry.",
-			Buckets: durationBuckets,
+			Buckets: DurationBuckets,
 		}, []string{"registry"}),
 		forced: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: MetricForcedStops,

@@ -7,13 +7,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/internal/promtest"
 )
 
 // fakeController is a Controller whose status the test sets by hand and
@@ -69,57 +69,7 @@ func serve(t *testing.T, c Controller, opts ...Option) *httptest.Server {
 // scrape GETs /metrics over HTTP and returns the text exposition.
 func scrape(t *testing.T, base string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), wait)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET /metrics: want an answer within %v, got %v", wait, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET /metrics: reading body: %v", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: want 200, got %d %q", resp.StatusCode, body)
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
-		t.Errorf("GET /metrics: want a text/plain exposition, got Content-Type %q", ct)
-	}
-	return string(body)
-}
-
-// sample returns the value of the series written exactly as series (name
-// with its labels, as the text exposition prints them) in text.
-func sample(t *testing.T, text, series string) float64 {
-	t.Helper()
-	for line := range strings.Lines(text) {
-		rest, ok := strings.CutPrefix(line, series+" ")
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-		if err != nil {
-			t.Fatalf("series %s: want a number, got %q", series, rest)
-		}
-		return v
-	}
-	t.Fatalf("series %s: want it in the exposition, got none in:\n%s", series, text)
-	return 0
-}
-
-// wantSamples checks every series in want against one scrape.
-func wantSamples(t *testing.T, text, step string, want map[string]float64) {
-	t.Helper()
-	for series, v := range want {
-		if got := sample(t, text, series); got != v {
-			t.Errorf("%s: %s: want %v, got %v", step, series, v, got)
-		}
-	}
+	return promtest.Scrape(t, base, wait)
 }
 
 func TestNewMetricsNil(t *testing.T) {
@@ -166,7 +116,7 @@ func TestMetricsScrape(t *testing.T) {
 	m := newMetrics(t, f)
 	srv := serve(t, f, WithMetrics(m))
 
-	wantSamples(t, scrape(t, srv.URL), "at start", map[string]float64{
+	promtest.WantSamples(t, scrape(t, srv.URL), "at start", map[string]float64{
 		`lameduck_in_flight`:           0,
 		`lameduck_long_lived`:          0,
 		`lameduck_phase`:               0,
@@ -185,7 +135,7 @@ func TestMetricsScrape(t *testing.T) {
 	m.Observe(drain.Event{Kind: drain.EventDeregistered, Registry: "consul", Time: t0})
 	m.Observe(drain.Event{Kind: drain.EventPhase, Phase: drain.Confirming, Time: t0.Add(1500 * time.Millisecond)})
 	m.Observe(drain.Event{Kind: drain.EventConfirmed, Registry: "consul", Latency: 250 * time.Millisecond})
-	wantSamples(t, scrape(t, srv.URL), "confirming", map[string]float64{
+	promtest.WantSamples(t, scrape(t, srv.URL), "confirming", map[string]float64{
 		`lameduck_in_flight`:  3,
 		`lameduck_long_lived`: 1,
 		`lameduck_phase`:      2,
@@ -215,7 +165,7 @@ func TestMetricsScrape(t *testing.T) {
 	m.ObserveResult(fmt.Errorf("run: %w", &drain.PhaseError{Phase: drain.Stopping, Err: drain.ErrForced}))
 	// Forced wins when a run was both late and forced.
 	m.ObserveResult(errors.Join(&drain.PhaseError{Phase: drain.Confirming, Err: drain.ErrDeadline}, &drain.PhaseError{Phase: drain.Draining, Err: drain.ErrForced}))
-	wantSamples(t, scrape(t, srv.URL), "offline", map[string]float64{
+	promtest.WantSamples(t, scrape(t, srv.URL), "offline", map[string]float64{
 		`lameduck_in_flight`:           0,
 		`lameduck_phase`:               5,
 		`lameduck_late_requests_total`: 2,
@@ -250,7 +200,7 @@ func TestMetricsCoordinator(t *testing.T) {
 
 	req := c.Tracker().Begin()
 	long := c.Tracker().BeginLongLived()
-	wantSamples(t, scrape(t, srv.URL), "serving", map[string]float64{
+	promtest.WantSamples(t, scrape(t, srv.URL), "serving", map[string]float64{
 		`lameduck_in_flight`:  1,
 		`lameduck_long_lived`: 1,
 		`lameduck_phase`:      0,
@@ -284,7 +234,7 @@ func TestMetricsCoordinator(t *testing.T) {
 	for p := drain.Deregistering; p < drain.Offline; p++ {
 		want[`lameduck_phase_duration_seconds_count{phase="`+p.String()+`"}`] = 1
 	}
-	wantSamples(t, scrape(t, srv.URL), "offline", want)
+	promtest.WantSamples(t, scrape(t, srv.URL), "offline", want)
 }
 
 // TestMetricsConcurrent: Observe, ObserveResult and scrapes from many
@@ -330,16 +280,16 @@ func TestMetricsConcurrent(t *testing.T) {
 	text := scrape(t, srv.URL)
 	for w := range workers {
 		series := fmt.Sprintf(`lameduck_registry_confirm_latency_seconds_count{registry="r%d"}`, w)
-		if got := sample(t, text, series); got != each {
+		if got := promtest.Sample(t, text, series); got != each {
 			t.Errorf("%s: want %d, got %v", series, each, got)
 		}
 	}
-	if got := sample(t, text, `lameduck_forced_stops_total{cause="deadline"}`); got != workers*each {
+	if got := promtest.Sample(t, text, `lameduck_forced_stops_total{cause="deadline"}`); got != workers*each {
 		t.Errorf("forced stops: want %d, got %v", workers*each, got)
 	}
 	var ended float64
 	for p := drain.Deregistering; p < drain.Offline; p++ {
-		ended += sample(t, text, `lameduck_phase_duration_seconds_count{phase="`+p.String()+`"}`)
+		ended += promtest.Sample(t, text, `lameduck_phase_duration_seconds_count{phase="`+p.String()+`"}`)
 	}
 	// Phases only move forward, so at most four of them can end.
 	if ended < 1 || ended > 4 {

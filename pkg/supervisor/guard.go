@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"strconv"
 	"sync"
 	"syscall"
@@ -58,26 +57,6 @@ const (
 	guardExitTimeout = 5 * time.Second
 )
 
-// guardExe is the program run as the guard; a variable for tests.
-var guardExe = "/proc/self/exe"
-
-func init() {
-	if os.Getenv(guardEnv) == "" {
-		return
-	}
-	_ = os.Unsetenv(guardEnv)
-	var st syscall.Stat_t
-	if len(os.Args) != 2 || os.Args[1] != guardArg ||
-		syscall.Fstat(guardFD, &st) != nil || st.Mode&syscall.S_IFMT != syscall.S_IFIFO {
-		return // the variable leaked into an ordinary run of the program
-	}
-	// Stay alive through a terminal's signals and a SIGTERM to
-	// everything: only end of file, or SIGKILL, ends the guard.
-	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	guardLoop(os.NewFile(guardFD, "supervisor-guard"), syscall.Kill)
-	os.Exit(0)
-}
-
 // guardLoop reads "+PGID" and "-PGID" lines from r until end of file or a
 // read error, then sends SIGKILL to every process group added and not
 // removed. A line it cannot parse is skipped.
@@ -115,31 +94,6 @@ type guard struct {
 	w      *os.File // the pipe's write end
 	broken bool     // a write failed; the guard was sent SIGKILL and is no longer written to
 	closed bool
-}
-
-// startGuard starts the guard process, or returns nil if it cannot.
-func startGuard() *guard {
-	r, w, err := os.Pipe() // close-on-exec, both ends
-	if err != nil {
-		return nil
-	}
-	cmd := &exec.Cmd{
-		Path:        guardExe,
-		Args:        []string{os.Args[0], guardArg},
-		Env:         append(os.Environ(), guardEnv+"=1"),
-		Dir:         "/",
-		ExtraFiles:  []*os.File{r}, // becomes guardFD
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
-		// Stdin, Stdout and Stderr are /dev/null: the guard holds no
-		// terminal and no pipe that someone reads to its end.
-	}
-	err = cmd.Start()
-	r.Close()
-	if err != nil {
-		w.Close()
-		return nil
-	}
-	return &guard{cmd: cmd, w: w}
 }
 
 // add tells the guard about a child's process group.

@@ -1,3 +1,7 @@
+//go:build linux
+
+// Linux only: these tests run real children under the supervisor.
+
 package supervisor
 
 import (

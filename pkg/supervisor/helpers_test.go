@@ -1,3 +1,7 @@
+//go:build linux
+
+// Linux only: these tests run real children under the supervisor.
+
 package supervisor
 
 import (
@@ -19,6 +23,7 @@ import (
 
 	"github.com/lameduck/lameduck/adapters/memory"
 	"github.com/lameduck/lameduck/internal/clock"
+	"github.com/lameduck/lameduck/pkg/probe"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -78,8 +83,8 @@ type harness struct {
 
 type harnessOpts struct {
 	mode        string
-	ready       func(h *harness) Check // default HTTPCheck of /healthz
-	noAdvance   bool                   // do not advance the clock on EventNotReady
+	ready       func(h *harness) probe.Check // default probe.HTTP of /healthz
+	noAdvance   bool                         // do not advance the clock on EventNotReady
 	noRegistry  bool
 	standby     bool        // a second port: Spec.StandbyPort, {port} in the args and the check
 	realClock   bool        // the real clock, for tests driven by recycling's ticks
@@ -115,13 +120,13 @@ func newHarness(t *testing.T, ho harnessOpts) *harness {
 		Path: childBin,
 		Args: []string{"-mode=" + ho.mode, "-addr=127.0.0.1:" + strconv.Itoa(port)},
 	}
-	check := HTTPCheck(h.url + "/healthz")
+	check := probe.HTTP(h.url + "/healthz")
 	if ho.standby {
 		h.port2 = freePort(t)
 		h.url2 = fmt.Sprintf("http://127.0.0.1:%d", h.port2)
 		spec.StandbyPort = h.port2
-		spec.Args[1] = "-addr=127.0.0.1:" + PortPlaceholder
-		check = HTTPCheck("http://127.0.0.1:" + PortPlaceholder + "/healthz")
+		spec.Args[1] = "-addr=127.0.0.1:" + probe.PortPlaceholder
+		check = probe.HTTP("http://127.0.0.1:" + probe.PortPlaceholder + "/healthz")
 	}
 	if !ho.noRegistry {
 		spec.Instance, spec.Registries = h.inst, []registry.Registry{reg}
@@ -305,12 +310,16 @@ func (h *harness) armed(e recorded) {
 // get asks the first copy to do something; it may die before answering.
 func (h *harness) get(path string) { h.getAt(h.url, path) }
 
+// getClient leaves no idle connection behind, as the checks do, so that the
+// test's own requests never count as in flight on a copy's port.
+var getClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
 // getAt asks the copy at base to do something.
 func (h *harness) getAt(base, path string) {
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
-	if resp, err := checkClient.Do(req); err == nil {
+	if resp, err := getClient.Do(req); err == nil {
 		resp.Body.Close()
 	}
 }

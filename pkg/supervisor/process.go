@@ -12,9 +12,10 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/prometheus/procfs"
+
+	"github.com/lameduck/lameduck/pkg/probe"
 )
 
 // child is one running (or exited) child process. Its PID is also its
@@ -36,15 +37,6 @@ func (c *child) exited() bool {
 	}
 }
 
-// signal sends sig to the child's whole process group. A group that is
-// already gone is not an error.
-func (c *child) signal(sig syscall.Signal) error {
-	if err := syscall.Kill(-c.pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("supervisor: send %v to process group %d: %w", sig, c.pid, err)
-	}
-	return nil
-}
-
 // start starts the child in its own process group. SIGKILL reaches it if
 // the supervisor dies (Pdeathsig), and the rest of its group through the
 // guard, which is told about the group at once. A goroutine reaps it: once
@@ -59,14 +51,14 @@ func (s *Supervisor) start(port int) (*child, error) {
 		p := strconv.Itoa(port)
 		args = make([]string, len(s.spec.Args))
 		for i, a := range s.spec.Args {
-			args[i] = strings.ReplaceAll(a, PortPlaceholder, p)
+			args[i] = strings.ReplaceAll(a, probe.PortPlaceholder, p)
 		}
 		env = append(env, "PORT="+p, "LAMEDUCK_PORT="+p)
 	}
 	cmd := exec.Command(s.spec.Path, args...)
 	cmd.Env = env
 	cmd.Dir = s.spec.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = procAttr()
 	prefix := "[" + s.spec.Name + "] "
 	stdout := &lineWriter{mu: &s.outMu, w: s.o.stdout, prefix: prefix}
 	stderr := &lineWriter{mu: &s.outMu, w: s.o.stderr, prefix: prefix}
@@ -94,20 +86,6 @@ func (s *Supervisor) start(port int) (*child, error) {
 		stderr.flush()
 	}()
 	return c, nil
-}
-
-// waitExited blocks until process pid has exited, without reaping it
-// (waitid with WNOWAIT), so that its PID and process group ID stay taken.
-func waitExited(pid int) {
-	const pPID, wNoWait = 1, 0x1000000
-	var info [128]byte // siginfo_t
-	for {
-		_, _, errno := syscall.Syscall6(syscall.SYS_WAITID, pPID, uintptr(pid),
-			uintptr(unsafe.Pointer(&info[0])), syscall.WEXITED|wNoWait, 0, 0)
-		if errno != syscall.EINTR {
-			return // 0, or ECHILD: nothing left to wait for either way
-		}
-	}
 }
 
 // exitStatus returns the child's exit code (-1 when killed by a signal) and

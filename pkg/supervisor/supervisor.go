@@ -49,6 +49,11 @@
 // runtime.LockOSThread, which this package never does. If the supervisor
 // itself is killed, a guard process (see guard.go) sends SIGKILL to every
 // child's process group, so grandchildren do not outlive it either.
+//
+// The supervisor runs on Linux only: nothing else has Pdeathsig, nor the
+// kernel's TCP tables that tell when a child's requests have ended. The
+// package builds everywhere, and New says so elsewhere with an error for
+// which errors.Is(err, errors.ErrUnsupported) is true.
 package supervisor
 
 import (
@@ -57,6 +62,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -66,6 +72,7 @@ import (
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/pkg/conncount"
+	"github.com/lameduck/lameduck/pkg/probe"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -89,13 +96,13 @@ type Spec struct {
 	Registries []registry.Registry
 
 	// Ready reports whether a copy of the child can take traffic (an HTTP
-	// GET of its health endpoint, say; see HTTPCheck). It is called at once
+	// GET of its health endpoint, say; see probe.HTTP). It is called at once
 	// after the start, then every check interval until it passes. Required
 	// with Registries.
-	Ready Check
+	Ready probe.Check
 	// Live, if set, is called every liveness interval once a copy is ready;
 	// enough failures in a row count as that copy's death.
-	Live Check
+	Live probe.Check
 
 	// StandbyPort is the port of a second copy of the child: the warm
 	// standby (WithStandby) and the replacement a recycle starts
@@ -165,13 +172,17 @@ type Supervisor struct {
 }
 
 // New checks spec and the options and returns a Supervisor. It starts
-// nothing.
+// nothing. Off Linux it returns an error for which errors.Is(err,
+// errors.ErrUnsupported) is true (see the package doc).
 func New(spec Spec, opts ...Option) (*Supervisor, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
 	o.setDefaults()
+	if err := checkOS(runtime.GOOS); err != nil {
+		return nil, err
+	}
 	if spec.Path == "" {
 		return nil, errors.New("supervisor: Spec.Path is empty; name the program to run")
 	}
@@ -188,7 +199,7 @@ func New(spec Spec, opts ...Option) (*Supervisor, error) {
 			return nil, fmt.Errorf("supervisor: %w", err)
 		}
 		if spec.Ready == nil {
-			return nil, errors.New("supervisor: Spec.Ready is nil; the instance is registered only once a readiness check passes (see HTTPCheck)")
+			return nil, errors.New("supervisor: Spec.Ready is nil; the instance is registered only once a readiness check passes (see probe.HTTP)")
 		}
 	}
 	switch {
@@ -341,7 +352,7 @@ func (s *Supervisor) lifecycle(ctx context.Context, p *proc, report func(msg)) {
 }
 
 // check calls f with a context that ends after the check timeout.
-func (s *Supervisor) check(ctx context.Context, f Check, port int) error {
+func (s *Supervisor) check(ctx context.Context, f probe.Check, port int) error {
 	cctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	t := s.o.clock.AfterFunc(s.o.checkTimeout, func() {

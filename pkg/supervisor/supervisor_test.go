@@ -1,3 +1,7 @@
+//go:build linux
+
+// Linux only: these tests run real children under the supervisor.
+
 package supervisor
 
 import (
@@ -15,6 +19,7 @@ import (
 
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/internal/clock"
+	"github.com/lameduck/lameduck/pkg/probe"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -189,8 +194,8 @@ func TestNotRegisteredUntilReady(t *testing.T) {
 	open := make(chan struct{})
 	h := newHarness(t, harnessOpts{
 		noAdvance: true,
-		ready: func(h *harness) Check {
-			check := HTTPCheck(h.url + "/healthz")
+		ready: func(h *harness) probe.Check {
+			check := probe.HTTP(h.url + "/healthz")
 			return func(ctx context.Context, port int) error {
 				select {
 				case <-open:
@@ -368,7 +373,7 @@ func TestCancelBeforeReady(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{
 		noAdvance: true,
-		ready: func(*harness) Check {
+		ready: func(*harness) probe.Check {
 			return func(context.Context, int) error { return errors.New("never") }
 		},
 	})
@@ -394,7 +399,7 @@ func TestLivenessFailureKillsAndRestarts(t *testing.T) {
 	h := newHarness(t, harnessOpts{
 		supervisorO: []Option{WithLiveness(time.Second, 2), WithCheckTimeout(time.Second)},
 	})
-	h.sup.spec.Live = HTTPCheck(h.url + "/healthz")
+	h.sup.spec.Live = probe.HTTP(h.url + "/healthz")
 	h.run()
 	first := h.next(EventStarted)
 	last := h.next(EventReady) // liveness checks begin once a copy is ready

@@ -1,4 +1,4 @@
-package admin
+package supervisor
 
 import (
 	"errors"
@@ -11,45 +11,45 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lameduck/lameduck/drain"
-	"github.com/lameduck/lameduck/pkg/supervisor"
+	"github.com/lameduck/lameduck/pkg/admin"
 )
 
-// Metric names of SupervisorMetrics, for dashboards and alerts. The
-// offline protocol's histograms and forced-stop counter keep Metrics' names
-// (MetricPhaseDuration, MetricConfirmLatency, MetricForcedStops), with a
-// program label added.
+// Metric names of Metrics, for dashboards and alerts. The offline
+// protocol's histograms and forced-stop counter keep admin.Metrics' names
+// (admin.MetricPhaseDuration, admin.MetricConfirmLatency,
+// admin.MetricForcedStops), with a program label added.
 const (
-	MetricSupervisorRestarts   = "lameduck_supervisor_restarts_total"
-	MetricSupervisorPromotions = "lameduck_supervisor_promotions_total"
-	MetricSupervisorRecycles   = "lameduck_supervisor_recycles_total"
-	MetricSupervisorGaveUp     = "lameduck_supervisor_gave_up_total"
-	MetricSupervisorExits      = "lameduck_supervisor_exits_total"
-	MetricSupervisorChildren   = "lameduck_supervisor_children"
+	MetricRestarts   = "lameduck_supervisor_restarts_total"
+	MetricPromotions = "lameduck_supervisor_promotions_total"
+	MetricRecycles   = "lameduck_supervisor_recycles_total"
+	MetricGaveUp     = "lameduck_supervisor_gave_up_total"
+	MetricExits      = "lameduck_supervisor_exits_total"
+	MetricChildren   = "lameduck_supervisor_children"
 )
 
 // Roles of lameduck_supervisor_children, and outcomes of
 // lameduck_supervisor_exits_total.
 const (
-	RoleStarting = "starting" // started, readiness not passed yet
-	RoleActive   = "active"   // the copy registered for consumers
-	RoleStandby  = "standby"  // ready and not registered: a warm standby, or a recycle's replacement about to be promoted
-	RoleRetiring = "retiring" // replaced by a promotion; being taken offline
+	ChildStarting = "starting" // started, readiness not passed yet
+	ChildActive   = "active"   // the copy registered for consumers
+	ChildStandby  = "standby"  // ready and not registered: a warm standby, or a recycle's replacement about to be promoted
+	ChildRetiring = "retiring" // replaced by a promotion; being taken offline
 
 	OutcomeClean  = "clean"  // not a failure: exit 0, or the end of an offline
 	OutcomeFailed = "failed" // a non-zero exit code
 	OutcomeKilled = "killed" // killed by a signal that counts as a failure (a crash, failed liveness)
 )
 
-var supervisorRoles = []string{RoleStarting, RoleActive, RoleStandby, RoleRetiring}
+var childRoles = []string{ChildStarting, ChildActive, ChildStandby, ChildRetiring}
 
-var childrenDesc = prometheus.NewDesc(MetricSupervisorChildren,
+var childrenDesc = prometheus.NewDesc(MetricChildren,
 	"Child processes running, per program and role (starting, active, standby, retiring); computed from the supervisor's events at scrape time.",
 	[]string{"program", "role"}, nil)
 
-// SupervisorMetrics exposes `lameduck run`'s supervisors to Prometheus, on
-// a registry of its own (never the global default). One SupervisorMetrics
-// serves every program of a host: series carry a program label, the
-// supervisor's Spec.Name (Event.Name).
+// Metrics exposes supervisors (`lameduck run`'s) to Prometheus, on a
+// registry of its own (never the global default). One Metrics serves every
+// program of a host: series carry a program label, the supervisor's
+// Spec.Name (Event.Name).
 //
 // Series:
 //
@@ -66,8 +66,8 @@ var childrenDesc = prometheus.NewDesc(MetricSupervisorChildren,
 //
 // Feed it with Observe from every supervisor's event hook, and
 // ObserveResult with each Run's error. It is safe for concurrent use, and
-// its methods do nothing on a nil *SupervisorMetrics.
-type SupervisorMetrics struct {
+// its methods do nothing on a nil *Metrics.
+type Metrics struct {
 	reg     *prometheus.Registry
 	handler http.Handler
 
@@ -101,40 +101,40 @@ type copyState struct {
 	lastAt    time.Time
 }
 
-var _ prometheus.Collector = (*SupervisorMetrics)(nil)
+var _ prometheus.Collector = (*Metrics)(nil)
 
-// NewSupervisorMetrics returns metrics for supervisors. The programs named
+// NewMetrics returns metrics for supervisors. The programs named
 // get their series at 0 from the start, so rates and alerts work before
 // the first event; others appear with their first event.
-func NewSupervisorMetrics(programs ...string) (*SupervisorMetrics, error) {
+func NewMetrics(programs ...string) (*Metrics, error) {
 	byProgram := func(name, help string) *prometheus.CounterVec {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"program"})
 	}
-	m := &SupervisorMetrics{
+	m := &Metrics{
 		reg:        prometheus.NewRegistry(),
-		restarts:   byProgram(MetricSupervisorRestarts, "Copies of the program restarted after a failure."),
-		promotions: byProgram(MetricSupervisorPromotions, "Warm standbys (or recycle replacements) registered in place of the active copy."),
-		gaveUp:     byProgram(MetricSupervisorGaveUp, "Times the supervisor gave up restarting the program: its restart-intensity limit was passed."),
+		restarts:   byProgram(MetricRestarts, "Copies of the program restarted after a failure."),
+		promotions: byProgram(MetricPromotions, "Warm standbys (or recycle replacements) registered in place of the active copy."),
+		gaveUp:     byProgram(MetricGaveUp, "Times the supervisor gave up restarting the program: its restart-intensity limit was passed."),
 		recycles: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: MetricSupervisorRecycles,
+			Name: MetricRecycles,
 			Help: "Copies of the program that passed their age or memory limit and were replaced.",
 		}, []string{"program", "reason"}),
 		exits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: MetricSupervisorExits,
+			Name: MetricExits,
 			Help: `Child process exits: outcome="clean" (exit 0 or the end of an offline), "failed" (non-zero code), "killed" (a signal that counts as a failure).`,
 		}, []string{"program", "outcome"}),
 		phaseDur: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    MetricPhaseDuration,
+			Name:    admin.MetricPhaseDuration,
 			Help:    "Time spent in each phase of the offline protocol the supervisor ran for a copy of the program.",
-			Buckets: durationBuckets,
+			Buckets: admin.DurationBuckets,
 		}, []string{"program", "phase"}),
 		confirmLat: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    MetricConfirmLatency,
+			Name:    admin.MetricConfirmLatency,
 			Help:    "Time from deregistering a copy of the program to the registry's watch no longer listing it, per registry.",
-			Buckets: durationBuckets,
+			Buckets: admin.DurationBuckets,
 		}, []string{"program", "registry"}),
 		forced: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: MetricForcedStops,
+			Name: admin.MetricForcedStops,
 			Help: `Offlines of the program cut short: cause="deadline" when the budget ran out, cause="forced" when a second signal cut it.`,
 		}, []string{"program", "cause"}),
 		programs: map[string]*programState{},
@@ -151,18 +151,18 @@ func NewSupervisorMetrics(programs ...string) (*SupervisorMetrics, error) {
 		m.programs[p] = &programState{copies: map[int]*copyState{}}
 	}
 	if err := m.reg.Register(m); err != nil {
-		return nil, fmt.Errorf("admin: registering supervisor metrics: %w", err)
+		return nil, fmt.Errorf("supervisor: registering metrics: %w", err)
 	}
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 	return m, nil
 }
 
 // Handler serves the metrics in Prometheus' exposition formats. Mount it at
-// GET /metrics; wrap it in RequireToken off loopback.
-func (m *SupervisorMetrics) Handler() http.Handler { return m.handler }
+// GET /metrics; wrap it in admin.RequireToken off loopback.
+func (m *Metrics) Handler() http.Handler { return m.handler }
 
 // Describe implements prometheus.Collector.
-func (m *SupervisorMetrics) Describe(ch chan<- *prometheus.Desc) {
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.restarts.Describe(ch)
 	m.promotions.Describe(ch)
 	m.recycles.Describe(ch)
@@ -175,7 +175,7 @@ func (m *SupervisorMetrics) Describe(ch chan<- *prometheus.Desc) {
 }
 
 // Collect implements prometheus.Collector.
-func (m *SupervisorMetrics) Collect(ch chan<- prometheus.Metric) {
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.restarts.Collect(ch)
 	m.promotions.Collect(ch)
 	m.recycles.Collect(ch)
@@ -191,7 +191,7 @@ func (m *SupervisorMetrics) Collect(ch chan<- prometheus.Metric) {
 		for port, c := range ps.copies {
 			counts[ps.role(port, c)]++
 		}
-		for _, r := range supervisorRoles {
+		for _, r := range childRoles {
 			ch <- prometheus.MustNewConstMetric(childrenDesc, prometheus.GaugeValue, float64(counts[r]), name, r)
 		}
 	}
@@ -200,17 +200,17 @@ func (m *SupervisorMetrics) Collect(ch chan<- prometheus.Metric) {
 func (ps *programState) role(port int, c *copyState) string {
 	switch {
 	case c.retiring:
-		return RoleRetiring
+		return ChildRetiring
 	case port == ps.active:
-		return RoleActive
+		return ChildActive
 	case c.ready:
-		return RoleStandby
+		return ChildStandby
 	}
-	return RoleStarting
+	return ChildStarting
 }
 
 // program returns the state of name, creating it. m.mu must be held.
-func (m *SupervisorMetrics) program(name string) *programState {
+func (m *Metrics) program(name string) *programState {
 	ps := m.programs[name]
 	if ps == nil {
 		ps = &programState{copies: map[int]*copyState{}}
@@ -220,24 +220,24 @@ func (m *SupervisorMetrics) program(name string) *programState {
 }
 
 // Observe records e. Call it from the supervisor's event hook
-// (supervisor.WithEventHook): it does not block beyond a short lock and is
+// (WithEventHook): it does not block beyond a short lock and is
 // safe for concurrent use.
-func (m *SupervisorMetrics) Observe(e supervisor.Event) {
+func (m *Metrics) Observe(e Event) {
 	if m == nil {
 		return
 	}
 	switch e.Kind {
-	case supervisor.EventRestarted:
+	case EventRestarted:
 		m.restarts.WithLabelValues(e.Name).Inc()
-	case supervisor.EventPromoted:
+	case EventPromoted:
 		m.promotions.WithLabelValues(e.Name).Inc()
-	case supervisor.EventRecycling:
+	case EventRecycling:
 		m.recycles.WithLabelValues(e.Name, recycleReason(e.Err)).Inc()
-	case supervisor.EventRecycled:
+	case EventRecycled:
 		m.countForced(e.Name, e.Err)
-	case supervisor.EventGaveUp:
+	case EventGaveUp:
 		m.gaveUp.WithLabelValues(e.Name).Inc()
-	case supervisor.EventExited:
+	case EventExited:
 		outcome := OutcomeClean
 		switch {
 		case e.Err != nil && e.Signal != 0:
@@ -246,7 +246,7 @@ func (m *SupervisorMetrics) Observe(e supervisor.Event) {
 			outcome = OutcomeFailed
 		}
 		m.exits.WithLabelValues(e.Name, outcome).Inc()
-	case supervisor.EventDrain:
+	case EventDrain:
 		if e.Drain != nil && e.Drain.Kind == drain.EventConfirmed {
 			m.confirmLat.WithLabelValues(e.Name, e.Drain.Registry).Observe(max(e.Drain.Latency, 0).Seconds())
 		}
@@ -256,10 +256,10 @@ func (m *SupervisorMetrics) Observe(e supervisor.Event) {
 
 // track keeps the per-copy state behind the children gauge and the phase
 // histograms.
-func (m *SupervisorMetrics) track(e supervisor.Event) {
+func (m *Metrics) track(e Event) {
 	switch e.Kind {
-	case supervisor.EventStarted, supervisor.EventReady, supervisor.EventRegistered, supervisor.EventPromoted,
-		supervisor.EventExited, supervisor.EventDeregistered, supervisor.EventDrain:
+	case EventStarted, EventReady, EventRegistered, EventPromoted,
+		EventExited, EventDeregistered, EventDrain:
 	default:
 		return
 	}
@@ -271,31 +271,31 @@ func (m *SupervisorMetrics) track(e supervisor.Event) {
 	ps := m.program(e.Name)
 	c := ps.copies[e.Port]
 	switch e.Kind {
-	case supervisor.EventStarted:
+	case EventStarted:
 		ps.copies[e.Port] = &copyState{pid: e.PID}
-	case supervisor.EventReady:
+	case EventReady:
 		if c != nil {
 			c.ready = true
 		}
-	case supervisor.EventRegistered, supervisor.EventPromoted:
-		if e.Kind == supervisor.EventPromoted && ps.active != 0 && ps.active != e.Port {
+	case EventRegistered, EventPromoted:
+		if e.Kind == EventPromoted && ps.active != 0 && ps.active != e.Port {
 			if old := ps.copies[ps.active]; old != nil {
 				old.retiring = true
 			}
 		}
 		ps.active = e.Port
-	case supervisor.EventDeregistered:
+	case EventDeregistered:
 		if ps.active == e.Port {
 			ps.active = 0
 		}
-	case supervisor.EventExited:
+	case EventExited:
 		if c != nil && (e.PID == 0 || c.pid == e.PID) {
 			delete(ps.copies, e.Port)
 		}
 		if ps.active == e.Port {
 			ps.active = 0
 		}
-	case supervisor.EventDrain:
+	case EventDrain:
 		if c == nil || e.Drain == nil || e.Drain.Kind != drain.EventPhase {
 			break
 		}
@@ -328,14 +328,14 @@ func (m *SupervisorMetrics) track(e supervisor.Event) {
 // ObserveResult records how one supervisor's Run ended, given its error:
 // an error wrapping drain.ErrForced counts a forced stop, one wrapping
 // drain.ErrDeadline a stop at the deadline. Call it once per Run.
-func (m *SupervisorMetrics) ObserveResult(program string, err error) {
+func (m *Metrics) ObserveResult(program string, err error) {
 	if m == nil {
 		return
 	}
 	m.countForced(program, err)
 }
 
-func (m *SupervisorMetrics) countForced(program string, err error) {
+func (m *Metrics) countForced(program string, err error) {
 	switch {
 	case errors.Is(err, drain.ErrForced):
 		m.forced.WithLabelValues(program, "forced").Inc()
@@ -347,30 +347,10 @@ func (m *SupervisorMetrics) countForced(program string, err error) {
 // recycleReason names the limit a recycled copy passed: "age" or "memory".
 func recycleReason(err error) string {
 	switch {
-	case errors.Is(err, supervisor.ErrRecycleAge):
+	case errors.Is(err, ErrRecycleAge):
 		return "age"
-	case errors.Is(err, supervisor.ErrRecycleRSS):
+	case errors.Is(err, ErrRecycleRSS):
 		return "memory"
 	}
 	return "other"
-}
-
-// RequireToken wraps h so that every request must carry
-// "Authorization: Bearer token", compared in constant time as the admin
-// endpoint's state changes are; others get 401. The token is never logged
-// or echoed. An empty token lets every request through. Use it to serve
-// metrics off loopback (CheckAddr's rule).
-func RequireToken(token string, h http.Handler) http.Handler {
-	if token == "" {
-		return h
-	}
-	auth := &handler{o: options{token: token}}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !auth.authorized(r) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="lameduck"`)
-			http.Error(w, "admin: missing or wrong bearer token", http.StatusUnauthorized)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
 }

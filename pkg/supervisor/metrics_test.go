@@ -1,4 +1,4 @@
-package admin
+package supervisor
 
 import (
 	"errors"
@@ -11,14 +11,19 @@ import (
 	"time"
 
 	"github.com/lameduck/lameduck/drain"
-	"github.com/lameduck/lameduck/pkg/supervisor"
+	"github.com/lameduck/lameduck/internal/promtest"
+	"github.com/lameduck/lameduck/pkg/admin"
 )
 
-func newSupervisorMetrics(t *testing.T, programs ...string) (*SupervisorMetrics, *httptest.Server) {
+// scrapeTimeout bounds each scrape; these tests run on every OS, without
+// the Linux-only harness and its wait.
+const scrapeTimeout = 5 * time.Second
+
+func newMetrics(t *testing.T, programs ...string) (*Metrics, *httptest.Server) {
 	t.Helper()
-	m, err := NewSupervisorMetrics(programs...)
+	m, err := NewMetrics(programs...)
 	if err != nil {
-		t.Fatalf("NewSupervisorMetrics: want metrics, got error %v", err)
+		t.Fatalf("NewMetrics: want metrics, got error %v", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
@@ -29,23 +34,23 @@ func newSupervisorMetrics(t *testing.T, programs ...string) (*SupervisorMetrics,
 
 // Every series exists, with its type, before any event, for the programs
 // named up front.
-func TestSupervisorMetricsTypes(t *testing.T) {
+func TestMetricsTypes(t *testing.T) {
 	t.Parallel()
-	_, srv := newSupervisorMetrics(t, "web", "worker")
-	text := scrape(t, srv.URL)
+	_, srv := newMetrics(t, "web", "worker")
+	text := promtest.Scrape(t, srv.URL, scrapeTimeout)
 	for name, typ := range map[string]string{
-		MetricSupervisorRestarts:   "counter",
-		MetricSupervisorPromotions: "counter",
-		MetricSupervisorGaveUp:     "counter",
-		MetricSupervisorExits:      "counter",
-		MetricSupervisorChildren:   "gauge",
-		MetricForcedStops:          "counter",
+		MetricRestarts:          "counter",
+		MetricPromotions:        "counter",
+		MetricGaveUp:            "counter",
+		MetricExits:             "counter",
+		MetricChildren:          "gauge",
+		admin.MetricForcedStops: "counter",
 	} {
 		if want := "# TYPE " + name + " " + typ + "\n"; !strings.Contains(text, want) {
 			t.Errorf("exposition: want %q, got:\n%s", want, text)
 		}
 	}
-	wantSamples(t, text, "at start", map[string]float64{
+	promtest.WantSamples(t, text, "at start", map[string]float64{
 		`lameduck_supervisor_restarts_total{program="web"}`:                  0,
 		`lameduck_supervisor_promotions_total{program="worker"}`:             0,
 		`lameduck_supervisor_gave_up_total{program="web"}`:                   0,
@@ -65,36 +70,36 @@ func TestSupervisorMetricsTypes(t *testing.T) {
 // A warm standby's life: two copies start, one is registered, it crashes,
 // the standby is promoted, the crashed one comes back, the new active is
 // recycled, and the end of Run is forced.
-func TestSupervisorMetricsLifecycle(t *testing.T) {
+func TestMetricsLifecycle(t *testing.T) {
 	t.Parallel()
-	m, srv := newSupervisorMetrics(t, "web")
+	m, srv := newMetrics(t, "web")
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	ev := func(kind supervisor.EventKind, port, pid int) supervisor.Event {
-		return supervisor.Event{Kind: kind, Name: "web", Port: port, PID: pid, Time: t0}
+	ev := func(kind EventKind, port, pid int) Event {
+		return Event{Kind: kind, Name: "web", Port: port, PID: pid, Time: t0}
 	}
-	m.Observe(ev(supervisor.EventStarted, 8080, 10))
-	m.Observe(ev(supervisor.EventStarted, 8081, 11))
-	wantSamples(t, scrape(t, srv.URL), "started", map[string]float64{
+	m.Observe(ev(EventStarted, 8080, 10))
+	m.Observe(ev(EventStarted, 8081, 11))
+	promtest.WantSamples(t, promtest.Scrape(t, srv.URL, scrapeTimeout), "started", map[string]float64{
 		`lameduck_supervisor_children{program="web",role="starting"}`: 2,
 		`lameduck_supervisor_children{program="web",role="active"}`:   0,
 	})
-	m.Observe(ev(supervisor.EventReady, 8080, 10))
-	m.Observe(ev(supervisor.EventReady, 8081, 11))
-	m.Observe(ev(supervisor.EventRegistered, 8080, 10))
-	wantSamples(t, scrape(t, srv.URL), "registered", map[string]float64{
+	m.Observe(ev(EventReady, 8080, 10))
+	m.Observe(ev(EventReady, 8081, 11))
+	m.Observe(ev(EventRegistered, 8080, 10))
+	promtest.WantSamples(t, promtest.Scrape(t, srv.URL, scrapeTimeout), "registered", map[string]float64{
 		`lameduck_supervisor_children{program="web",role="starting"}`: 0,
 		`lameduck_supervisor_children{program="web",role="active"}`:   1,
 		`lameduck_supervisor_children{program="web",role="standby"}`:  1,
 	})
 
-	crash := ev(supervisor.EventExited, 8080, 10)
+	crash := ev(EventExited, 8080, 10)
 	crash.Code, crash.Signal, crash.Err = -1, syscall.SIGSEGV, errors.New("killed")
 	m.Observe(crash)
-	m.Observe(ev(supervisor.EventDeregistered, 8080, 10))
-	m.Observe(ev(supervisor.EventPromoted, 8081, 11))
-	m.Observe(ev(supervisor.EventStarted, 8080, 12))
-	m.Observe(ev(supervisor.EventRestarted, 8080, 12))
-	wantSamples(t, scrape(t, srv.URL), "promoted", map[string]float64{
+	m.Observe(ev(EventDeregistered, 8080, 10))
+	m.Observe(ev(EventPromoted, 8081, 11))
+	m.Observe(ev(EventStarted, 8080, 12))
+	m.Observe(ev(EventRestarted, 8080, 12))
+	promtest.WantSamples(t, promtest.Scrape(t, srv.URL, scrapeTimeout), "promoted", map[string]float64{
 		`lameduck_supervisor_exits_total{outcome="killed",program="web"}`: 1,
 		`lameduck_supervisor_promotions_total{program="web"}`:             1,
 		`lameduck_supervisor_restarts_total{program="web"}`:               1,
@@ -103,24 +108,24 @@ func TestSupervisorMetricsLifecycle(t *testing.T) {
 	})
 
 	// The active copy on 8081 passes a limit; 8080 replaces it.
-	rec := ev(supervisor.EventRecycling, 8081, 11)
-	rec.Err = fmt.Errorf("%w: age 24h passed 24h0m0s", supervisor.ErrRecycleAge)
+	rec := ev(EventRecycling, 8081, 11)
+	rec.Err = fmt.Errorf("%w: age 24h passed 24h0m0s", ErrRecycleAge)
 	m.Observe(rec)
-	m.Observe(ev(supervisor.EventReady, 8080, 12))
-	m.Observe(ev(supervisor.EventPromoted, 8080, 12))
-	wantSamples(t, scrape(t, srv.URL), "recycling", map[string]float64{
+	m.Observe(ev(EventReady, 8080, 12))
+	m.Observe(ev(EventPromoted, 8080, 12))
+	promtest.WantSamples(t, promtest.Scrape(t, srv.URL, scrapeTimeout), "recycling", map[string]float64{
 		`lameduck_supervisor_recycles_total{program="web",reason="age"}`: 1,
 		`lameduck_supervisor_children{program="web",role="active"}`:      1,
 		`lameduck_supervisor_children{program="web",role="retiring"}`:    1,
 		`lameduck_supervisor_promotions_total{program="web"}`:            2,
 	})
-	phase := func(p drain.Phase, at time.Duration) supervisor.Event {
-		e := ev(supervisor.EventDrain, 8081, 11)
+	phase := func(p drain.Phase, at time.Duration) Event {
+		e := ev(EventDrain, 8081, 11)
 		e.Drain = &drain.Event{Kind: drain.EventPhase, Phase: p, Time: t0.Add(at)}
 		return e
 	}
 	m.Observe(phase(drain.Deregistering, 0))
-	confirmed := ev(supervisor.EventDrain, 8081, 11)
+	confirmed := ev(EventDrain, 8081, 11)
 	confirmed.Drain = &drain.Event{Kind: drain.EventConfirmed, Registry: "consul", Latency: 10 * time.Millisecond}
 	m.Observe(confirmed)
 	m.Observe(phase(drain.Confirming, 500*time.Millisecond))
@@ -128,9 +133,9 @@ func TestSupervisorMetricsLifecycle(t *testing.T) {
 	m.Observe(phase(drain.Draining, 3*time.Second)) // not forward: ignored
 	m.Observe(phase(drain.Stopping, 5*time.Second))
 	m.Observe(phase(drain.Offline, 6*time.Second))
-	m.Observe(ev(supervisor.EventExited, 8081, 11)) // by our SIGTERM: clean
-	m.Observe(ev(supervisor.EventRecycled, 8081, 11))
-	wantSamples(t, scrape(t, srv.URL), "recycled", map[string]float64{
+	m.Observe(ev(EventExited, 8081, 11)) // by our SIGTERM: clean
+	m.Observe(ev(EventRecycled, 8081, 11))
+	promtest.WantSamples(t, promtest.Scrape(t, srv.URL, scrapeTimeout), "recycled", map[string]float64{
 		`lameduck_phase_duration_seconds_sum{phase="Deregistering",program="web"}`:         0.5,
 		`lameduck_phase_duration_seconds_sum{phase="Confirming",program="web"}`:            1.5,
 		`lameduck_phase_duration_seconds_sum{phase="Draining",program="web"}`:              3,
@@ -145,11 +150,11 @@ func TestSupervisorMetricsLifecycle(t *testing.T) {
 
 	m.ObserveResult("web", &drain.PhaseError{Phase: drain.Stopping, Err: drain.ErrForced})
 	m.ObserveResult("web", nil)
-	failed := ev(supervisor.EventExited, 8080, 12)
+	failed := ev(EventExited, 8080, 12)
 	failed.Code, failed.Err = 3, errors.New("exited")
 	m.Observe(failed)
-	m.Observe(supervisor.Event{Kind: supervisor.EventGaveUp, Name: "web"})
-	wantSamples(t, scrape(t, srv.URL), "end", map[string]float64{
+	m.Observe(Event{Kind: EventGaveUp, Name: "web"})
+	promtest.WantSamples(t, promtest.Scrape(t, srv.URL, scrapeTimeout), "end", map[string]float64{
 		`lameduck_forced_stops_total{cause="forced",program="web"}`:       1,
 		`lameduck_forced_stops_total{cause="deadline",program="web"}`:     0,
 		`lameduck_supervisor_exits_total{outcome="failed",program="web"}`: 1,
@@ -159,43 +164,15 @@ func TestSupervisorMetricsLifecycle(t *testing.T) {
 }
 
 // A program not named up front gets its series with its first event, and a
-// nil *SupervisorMetrics ignores everything.
-func TestSupervisorMetricsLateProgramAndNil(t *testing.T) {
+// nil *Metrics ignores everything.
+func TestMetricsLateProgramAndNil(t *testing.T) {
 	t.Parallel()
-	m, srv := newSupervisorMetrics(t)
-	m.Observe(supervisor.Event{Kind: supervisor.EventStarted, Name: "late", Port: 9000, PID: 5})
-	wantSamples(t, scrape(t, srv.URL), "late", map[string]float64{
+	m, srv := newMetrics(t)
+	m.Observe(Event{Kind: EventStarted, Name: "late", Port: 9000, PID: 5})
+	promtest.WantSamples(t, promtest.Scrape(t, srv.URL, scrapeTimeout), "late", map[string]float64{
 		`lameduck_supervisor_children{program="late",role="starting"}`: 1,
 	})
-	var none *SupervisorMetrics
-	none.Observe(supervisor.Event{Kind: supervisor.EventRestarted, Name: "x"})
+	var none *Metrics
+	none.Observe(Event{Kind: EventRestarted, Name: "x"})
 	none.ObserveResult("x", drain.ErrForced)
-}
-
-func TestRequireToken(t *testing.T) {
-	t.Parallel()
-	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("metrics")) })
-	h := RequireToken("s3cret", ok)
-	cases := []struct {
-		name   string
-		header http.Header
-		want   int
-	}{
-		{"no token", nil, http.StatusUnauthorized},
-		{"wrong token", bearer("nope"), http.StatusUnauthorized},
-		{"not bearer", http.Header{"Authorization": {"Basic s3cret"}}, http.StatusUnauthorized},
-		{"right token", bearer("s3cret"), http.StatusOK},
-	}
-	for _, c := range cases {
-		rec := do(t, h, http.MethodGet, "/metrics", c.header)
-		if rec.Code != c.want {
-			t.Errorf("%s: want %d, got %d", c.name, c.want, rec.Code)
-		}
-		if strings.Contains(rec.Body.String(), "s3cret") {
-			t.Errorf("%s: want the token never echoed, got %q", c.name, rec.Body.String())
-		}
-	}
-	if rec := do(t, RequireToken("", ok), http.MethodGet, "/metrics", nil); rec.Code != http.StatusOK {
-		t.Errorf("empty token: want every request through, got %d", rec.Code)
-	}
 }
