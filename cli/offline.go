@@ -70,7 +70,7 @@ func offlineCommand() *ucli.Command {
 			"no longer lists it, then, with --admin, asks the instance to go offline and follows its drain.\n" +
 			"--stop then ends the process: the admin endpoint's offline ends a lameduck app by itself;\n" +
 			"--pid sends SIGTERM to a process on this host once it is drained.\n\n" +
-			"Exit codes: 0 drained, 1 failed, 2 bad input, 3 registry unreachable, 4 forced at the deadline.",
+			exitCodesHelp(),
 		Flags: append(offlineFlags(),
 			&ucli.BoolFlag{Name: "wait", Value: true, Usage: "wait for confirmation and the drain (--wait=false only deregisters)"},
 			&ucli.BoolFlag{Name: "stop", Usage: "end the process once drained (needs --admin or --pid)"},
@@ -170,9 +170,6 @@ func parseOfflineJob(c *ucli.Context) (*offlineJob, error) {
 		adminToken: c.String("admin-token"),
 		json:       c.String("output") == "json",
 	}
-	if len(c.StringSlice("registry")) == 0 {
-		return nil, badInput("no registry given; pass --registry URL (repeat for several) or set %s", EnvRegistry)
-	}
 	regs, err := openRegistries(c)
 	if err != nil {
 		return nil, err
@@ -212,7 +209,7 @@ func runOfflineJob(c *ucli.Context, job *offlineJob) error {
 	if res.Outcome == "" {
 		res.Outcome = drain.OutcomeOf(err)
 		if e := (*exitError)(nil); errors.As(err, &e) {
-			res.Outcome = outcomeOfExit(e.code)
+			res.Outcome = outcomeOfCode(e.code)
 		}
 	}
 	res.ExitCode = lameduck.OutcomeExitCode(res.Outcome)
@@ -250,17 +247,6 @@ func terminate(pid int) error {
 		return fmt.Errorf("offline: SIGTERM to pid %d: %w", pid, err)
 	}
 	return nil
-}
-
-// outcomeOfExit names the outcome of an error that carries its exit code.
-func outcomeOfExit(code int) drain.Outcome {
-	switch code {
-	case lameduck.ExitBadInput:
-		return drain.OutcomeBadInput
-	case lameduck.ExitForced:
-		return drain.OutcomeForced
-	}
-	return drain.OutcomeFailed
 }
 
 // printResult prints res, completed from err, as one JSON object, and

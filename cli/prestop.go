@@ -25,7 +25,7 @@ func prestopCommand() *ucli.Command {
 			"graceful shutdown after SIGTERM closes them. Where the kernel's per-connection times are not available\n" +
 			"every established connection counts as busy; --conn-wait then bounds the wait.\n" +
 			"The deadline is --grace-period (the pod's terminationGracePeriodSeconds) minus --margin.\n\n" +
-			"Exit codes: 0 drained, 1 failed, 2 bad input, 3 registry unreachable, 4 forced at the deadline.",
+			exitCodesHelp(),
 		Flags: append(offlineFlags(),
 			&ucli.DurationFlag{Name: "grace-period", Value: 30 * time.Second, Usage: "the pod's terminationGracePeriodSeconds"},
 			&ucli.DurationFlag{Name: "margin", Value: 2 * time.Second, Usage: "kept back from the grace period for the kubelet's SIGTERM"},

@@ -51,7 +51,7 @@ func runCommand() *ucli.Command {
 			"The programs run side by side: one that gives up leaves the others running, and SIGTERM takes\n" +
 			"them all offline at once. The exit code is the worst of theirs once all have ended.\n\n" +
 			"--metrics ADDR serves Prometheus metrics at /metrics (loopback, or any address with --admin-token).\n\n" +
-			"Exit codes: 0 clean, 1 gave up or failed, 2 bad input, 3 registry unreachable, 4 forced (deadline or second signal).",
+			exitCodesHelp(),
 		Flags: append(registryFlags(""),
 			&ucli.StringFlag{Name: "config", Usage: "YAML file of programs to supervise, instead of -- COMMAND (see examples/run-config.yaml)"},
 			&ucli.StringFlag{Name: "service", Usage: "service name (required)"},
@@ -159,7 +159,7 @@ func programFromFlags(c *ucli.Context) (programConfig, error) {
 	case c.String("service") == "":
 		return programConfig{}, badInput("missing --service; name the service the child serves")
 	case len(c.StringSlice("registry")) == 0:
-		return programConfig{}, badInput("no registry given; pass --registry URL (repeat for several) or set %s", EnvRegistry)
+		return programConfig{}, noRegistry("")
 	}
 	p := programConfig{
 		Name: filepath.Base(argv[0]), Command: argv,
@@ -193,13 +193,9 @@ func openRunRegistries(c *ucli.Context, rf *runFile) ([]adapters.Registry, error
 		return openRegistries(c)
 	}
 	if len(rf.registries) == 0 {
-		return nil, badInput("no registry given; pass --registry URL (repeat for several), set %s, or list registries: in %s", EnvRegistry, c.String("config"))
+		return nil, noRegistry(c.String("config"))
 	}
-	creds := adapters.Credentials{
-		ConsulToken:   c.String("consul-token"),
-		NacosUsername: c.String("nacos-username"),
-		NacosPassword: c.String("nacos-password"),
-	}
+	creds := registryCredentials(c)
 	var regs []adapters.Registry
 	for i, raw := range rf.registries {
 		r, err := adapters.Open(c.Context, raw, creds)
