@@ -49,8 +49,9 @@ var (
 )
 
 // StatusError is a refusal from the server's HTTP API. It matches
-// ErrAccessDenied (HTTP 401, 403) and ErrInstanceNotFound (HTTP 404 with
-// Nacos result code 20004) under errors.Is.
+// ErrAccessDenied (HTTP 401, 403), ErrInstanceNotFound (HTTP 404 with
+// Nacos result code 20004) and registry.ErrRejected (HTTP 400, 401, 403:
+// not worth retrying) under errors.Is.
 type StatusError struct {
 	Code    int    // HTTP status
 	Result  int    // the Nacos result code in the body, 0 if none
@@ -75,6 +76,11 @@ func (e *StatusError) Is(target error) bool {
 		return e.Code == http.StatusUnauthorized || e.Code == http.StatusForbidden
 	case ErrInstanceNotFound:
 		return e.Code == http.StatusNotFound && e.Result == resultNotFound
+	case registry.ErrRejected:
+		// A refusal retrying cannot change: bad credentials or rights, a
+		// malformed request. Not 404 (the instance may yet appear), 408
+		// or 429 (come back later).
+		return e.Code == http.StatusBadRequest || e.Code == http.StatusUnauthorized || e.Code == http.StatusForbidden
 	}
 	return false
 }

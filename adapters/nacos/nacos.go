@@ -289,6 +289,9 @@ func (r *Registry) wrap(op string, err error) error {
 	if err == nil {
 		return nil
 	}
+	if re := (*registry.Error)(nil); errors.As(err, &re) && re.Registry == r.name {
+		return err // named already, by an inner call
+	}
 	return &registry.Error{Registry: r.name, Op: op, Err: err}
 }
 
