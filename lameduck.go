@@ -34,13 +34,14 @@ import (
 	"github.com/lameduck/lameduck/registry"
 )
 
-// Exit codes shared by Run's callers and the lameduck commands.
+// Exit codes shared by Run's callers and the lameduck commands; see
+// drain.Outcome.ExitCode.
 const (
-	ExitOK       = 0 // drained cleanly
-	ExitFailed   = 1 // something else went wrong
-	ExitBadInput = 2 // bad flags, arguments, URLs or options
-	ExitRegistry = 3 // a registry could not be reached in time (the drain still happened)
-	ExitForced   = 4 // the deadline or a second signal forced the stop
+	ExitOK       = drain.ExitOK       // drained cleanly
+	ExitFailed   = drain.ExitFailed   // something else went wrong
+	ExitBadInput = drain.ExitBadInput // bad flags, arguments, URLs or options
+	ExitRegistry = drain.ExitRegistry // a registry could not be reached in time, or refused (the drain still happened)
+	ExitForced   = drain.ExitForced   // the deadline or a second signal forced the stop
 )
 
 // MetaAdmin is the instance metadata key under which an App publishes its
@@ -48,31 +49,15 @@ const (
 // it. Consul accepts only letters, digits, '_' and '-' in metadata keys.
 const MetaAdmin = "lameduck_admin"
 
-// exitCodes is the one table from a drain.Outcome to a process exit code.
-var exitCodes = map[drain.Outcome]int{
-	drain.OutcomeDrained:             ExitOK,
-	drain.OutcomeFailed:              ExitFailed,
-	drain.OutcomeBadInput:            ExitBadInput,
-	drain.OutcomeRegistryUnreachable: ExitRegistry,
-	drain.OutcomeRegistryRejected:    ExitRegistry,
-	drain.OutcomeForced:              ExitForced,
-}
-
 // ExitCode maps Run's error (or the coordinator's) to a process exit code,
 // through its drain.OutcomeOf: ExitForced when the drain or the stop was
 // cut short (the deadline or a second signal), ExitRegistry when only the
 // registry work failed, was refused or ran out of time (the drain itself
 // finished), ExitFailed otherwise.
-func ExitCode(err error) int { return OutcomeExitCode(drain.OutcomeOf(err)) }
+func ExitCode(err error) int { return drain.OutcomeOf(err).ExitCode() }
 
-// OutcomeExitCode is the exit code for an outcome; an unknown one (from a
-// newer app, say) is ExitFailed.
-func OutcomeExitCode(o drain.Outcome) int {
-	if code, ok := exitCodes[o]; ok {
-		return code
-	}
-	return ExitFailed
-}
+// OutcomeExitCode is o.ExitCode(): the exit code for an outcome.
+func OutcomeExitCode(o drain.Outcome) int { return o.ExitCode() }
 
 // Option configures an App.
 type Option func(*options)

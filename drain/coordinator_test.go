@@ -21,7 +21,20 @@ import (
 
 var testInstance = registry.Instance{Service: "orders", Address: "10.0.0.7", Port: 8080}
 
-var errUnreachable = errors.New("fake: registry unreachable")
+var (
+	errUnreachable = errors.New("fake: registry unreachable")
+	errRefused     = fmt.Errorf("%w: fake: 403 Forbidden", registry.ErrRejected)
+)
+
+// faultMode is how a fakeRegistry misbehaves.
+type faultMode int
+
+const (
+	faultNone             faultMode = iota
+	faultRefuses                    // Deregister answers 403 (registry.ErrRejected)
+	faultHangs                      // Deregister blocks until its context ends
+	faultDiesAfterRemoval           // the removal lands, then nothing answers: the watch fails
+)
 
 // fakeRegistry lists testInstance until it is deregistered, and its watch
 // drops the instance dropAfter later on its clock, the way a real registry
@@ -31,8 +44,11 @@ type fakeRegistry struct {
 	clk       clock.Clock
 	dropAfter time.Duration
 	failFirst int // Deregister fails this many times before it works; -1: always
+	// fault, when set, is how the registry misbehaves (see faultMode).
+	fault faultMode
 
 	mu      sync.Mutex
+	dead    bool // faultDiesAfterRemoval struck
 	listed  bool
 	calls   int
 	changed chan struct{} // closed and replaced whenever listed changes
@@ -60,11 +76,24 @@ func (r *fakeRegistry) Deregister(ctx context.Context, _ registry.Instance) erro
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	switch r.fault {
+	case faultRefuses:
+		return errRefused
+	case faultHangs:
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.calls++
 	if r.failFirst < 0 || r.calls <= r.failFirst {
 		return errUnreachable
+	}
+	if r.fault == faultDiesAfterRemoval {
+		r.dead = true // the removal landed; nothing answers from now on
+		close(r.changed)
+		r.changed = make(chan struct{})
+		return nil
 	}
 	if r.dropAfter == 0 {
 		r.setLocked(false)
@@ -90,6 +119,12 @@ func (r *fakeRegistry) Watch(ctx context.Context, _ string) (registry.Watcher, e
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	r.mu.Lock()
+	dead := r.dead
+	r.mu.Unlock()
+	if dead {
+		return nil, errUnreachable
+	}
 	return &fakeWatcher{r: r, stopped: make(chan struct{})}, nil
 }
 
@@ -104,8 +139,11 @@ type fakeWatcher struct {
 func (w *fakeWatcher) Next(ctx context.Context) ([]registry.Instance, error) {
 	for {
 		w.r.mu.Lock()
-		listed, changed := w.r.listed, w.r.changed
+		listed, changed, dead := w.r.listed, w.r.changed, w.r.dead
 		w.r.mu.Unlock()
+		if dead {
+			return nil, errUnreachable
+		}
 		if !w.sent || listed != w.last {
 			w.sent, w.last = true, listed
 			if listed {

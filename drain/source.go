@@ -88,6 +88,35 @@ const (
 	OutcomeFailed Outcome = "failed"
 )
 
+// Process exit codes, one per kind of Outcome (see ExitCode). Package
+// lameduck and the commands use these.
+const (
+	ExitOK       = 0 // drained
+	ExitFailed   = 1 // failed
+	ExitBadInput = 2 // bad input
+	ExitRegistry = 3 // registry-unreachable or registry-rejected: the drain still happened
+	ExitForced   = 4 // forced
+)
+
+// exitCodes is the one table from an Outcome to a process exit code.
+var exitCodes = map[Outcome]int{
+	OutcomeDrained:             ExitOK,
+	OutcomeFailed:              ExitFailed,
+	OutcomeBadInput:            ExitBadInput,
+	OutcomeRegistryUnreachable: ExitRegistry,
+	OutcomeRegistryRejected:    ExitRegistry,
+	OutcomeForced:              ExitForced,
+}
+
+// ExitCode is the process exit code for o; an outcome this version does not
+// know (from a newer app, say) is ExitFailed.
+func (o Outcome) ExitCode() int {
+	if code, ok := exitCodes[o]; ok {
+		return code
+	}
+	return ExitFailed
+}
+
 // OutcomeOf classifies the coordinator's error (Wait, Offline): nil is
 // drained; a cut Draining or Stopping phase, Force, or a Source reporting a
 // forced app is forced; registry trouble alone (the drain itself finished)

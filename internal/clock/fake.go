@@ -77,6 +77,20 @@ func (f *Fake) Advance(d time.Duration) {
 	f.timers = kept
 }
 
+// Next returns when the earliest pending timer is due, and false when none
+// is pending.
+func (f *Fake) Next() (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var at time.Time
+	for _, t := range f.timers {
+		if at.IsZero() || t.at.Before(at) {
+			at = t.at
+		}
+	}
+	return at, !at.IsZero()
+}
+
 // Timers reports how many timers are pending.
 func (f *Fake) Timers() int {
 	f.mu.Lock()
