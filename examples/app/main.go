@@ -34,6 +34,7 @@ func main() {
 	httpAddr := flag.String("http", "127.0.0.1:8080", "HTTP address")
 	grpcAddr := flag.String("grpc", "127.0.0.1:9090", "gRPC address")
 	adminAddr := flag.String("admin", "127.0.0.1:9901", "admin endpoint address")
+	budget := flag.Duration("budget", 25*time.Second, "the offline's one deadline (the pod's grace period minus a margin)")
 	flag.Parse()
 
 	reg, err := adapters.Open(context.Background(), *regURL, adapters.CredentialsFromEnv())
@@ -50,7 +51,7 @@ func main() {
 	httpSrv := &http.Server{ReadHeaderTimeout: 5 * time.Second}
 	app, err := lameduck.New(inst, []registry.Registry{reg},
 		lameduck.WithAdmin(*adminAddr, os.Getenv("LAMEDUCK_ADMIN_TOKEN")),
-		lameduck.WithDrain(drain.WithBudget(25*time.Second)),
+		lameduck.WithDrain(drain.WithBudget(*budget)),
 		// grpcSrv.GracefulStop alone would wait forever for a stream only its
 		// client ends (a health Watch); this one stops hard when ctx ends.
 		lameduck.WithStopHook("grpc", func(ctx context.Context) error { return grpcdrain.GracefulStop(ctx, grpcSrv) }),

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/pkg/conncount"
 )
 
@@ -90,9 +91,24 @@ func TestConnWaitEndsWithRequestRunning(t *testing.T) {
 			h.next(EventRegistered)
 			slow := startSlow(t, h, 1500)
 			h.cancel()
-			busy := h.nextOf(EventConnsBusy, EventSignaled)
-			if busy.Kind != EventConnsBusy {
-				t.Fatalf("want conns-busy before SIGTERM, got %v; events: %s", busy.Kind, h.history())
+			// The wait is the Draining phase's: conns-busy comes after
+			// Draining begins and before Stopping (and SIGTERM).
+			draining := false
+			var busy recorded
+			for {
+				busy = h.nextOf(EventConnsBusy, EventSignaled, EventDrain)
+				if busy.Kind != EventDrain {
+					break
+				}
+				if busy.Drain.Kind == drain.EventPhase {
+					if busy.Drain.Phase == drain.Stopping {
+						t.Fatalf("want conns-busy during Draining, got Stopping first; events: %s", h.history())
+					}
+					draining = draining || busy.Drain.Phase == drain.Draining
+				}
+			}
+			if busy.Kind != EventConnsBusy || !draining {
+				t.Fatalf("want conns-busy during Draining, before SIGTERM, got %v (Draining begun: %v); events: %s", busy.Kind, draining, h.history())
 			}
 			if !errors.Is(busy.Err, ErrConnWait) {
 				t.Fatalf("want the conns-busy error to wrap ErrConnWait (the conn wait ended the wait, not the deadline), got %v", busy.Err)
