@@ -137,8 +137,9 @@ func WithBudget(d time.Duration) Option {
 }
 
 // WithStopGrace sets how much of the budget is kept for the child to exit
-// after SIGTERM: the wait for idle connections ends this long before the
-// deadline. The default is a fifth of the budget, at most 5s.
+// after SIGTERM: the offline protocol's stop reserve (drain.WithStopReserve),
+// so the Draining phase's wait for idle connections ends this long before
+// the deadline. The default is a fifth of the budget, at most 5s.
 func WithStopGrace(d time.Duration) Option {
 	return func(o *options) { o.stopGrace = d }
 }
