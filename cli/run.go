@@ -357,7 +357,10 @@ func logEvent(log *slog.Logger, e supervisor.Event) {
 	case e.Kind == supervisor.EventRestarted:
 		attrs = append(attrs, "restarts", e.Restarts)
 	case e.Drain != nil:
-		attrs = append(attrs, "phase", e.Drain.Phase.String(), "event", e.Drain.Kind.String())
+		attrs = append(attrs, "phase", e.Drain.Phase.String(), "event", e.Drain.Kind.String(), "elapsed", e.Drain.Elapsed)
+		if e.Drain.Source != "" {
+			attrs = append(attrs, "source", e.Drain.Source)
+		}
 		if e.Drain.Registry != "" {
 			attrs = append(attrs, "registry", e.Drain.Registry)
 		}
