@@ -85,6 +85,10 @@ func (e *StatusError) Is(target error) bool {
 	return false
 }
 
+// Permanent reports whether retrying cannot change the refusal (it is
+// registry.ErrRejected), which is what lameduck's one retry loop asks.
+func (e *StatusError) Permanent() bool { return e.Is(registry.ErrRejected) }
+
 // adminInstance is the part of the admin API's instance that matters here.
 type adminInstance struct {
 	Enabled bool    `json:"enabled"`

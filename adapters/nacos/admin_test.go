@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -523,5 +525,32 @@ func TestDisableWaitsForRegistersLook(t *testing.T) {
 	}
 	if last := f.batches[len(f.batches)-1]; last.Instances[0].Enable {
 		t.Fatalf("want the last publish to disable the instance, got %+v", last)
+	}
+}
+
+// TestStatusErrorRejected checks which refusals lameduck's retry loop gives
+// up on at once: bad credentials or rights and malformed requests, not a
+// missing instance or a busy server.
+func TestStatusErrorRejected(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		code int
+		want bool
+	}{
+		{http.StatusBadRequest, true},
+		{http.StatusUnauthorized, true},
+		{http.StatusForbidden, true},
+		{http.StatusNotFound, false},
+		{http.StatusTooManyRequests, false},
+		{http.StatusInternalServerError, false},
+	} {
+		err := error(&StatusError{Code: tc.code})
+		wrapped := fmt.Errorf("disable: %w", err)
+		if got := errors.Is(wrapped, registry.ErrRejected); got != tc.want {
+			t.Errorf("HTTP %d: errors.Is(ErrRejected) = %v, want %v", tc.code, got, tc.want)
+		}
+		if got := backoff.IsPermanent(wrapped); got != tc.want {
+			t.Errorf("HTTP %d: backoff.IsPermanent = %v, want %v", tc.code, got, tc.want)
+		}
 	}
 }
