@@ -4,7 +4,8 @@
 // with a heartbeat loop; or HTTP or TCP) and DeregisterCriticalServiceAfter,
 // so a process that dies without a word is dropped anyway. A keeper goroutine
 // per registration restores it after the agent loses its state (a restarted
-// dev agent). Watches are blocking queries on the passing health list: what
+// dev agent), as the owner and any operator left it: a deregistered service
+// stays out and a disabled one comes back in maintenance mode. Watches are blocking queries on the passing health list: what
 // consumers that use Consul's health API see.
 package consul
 
@@ -38,7 +39,11 @@ type client interface {
 	EnableServiceMaintenanceOpts(id, reason string, q *api.QueryOptions) error
 	DisableServiceMaintenanceOpts(id string, q *api.QueryOptions) error
 	UpdateTTLOpts(checkID, output, status string, q *api.QueryOptions) error
+	// AgentService is the keeper's blocking query (WaitHash) between
+	// renewals; AgentHealthServiceByIDOpts tells it whether the service
+	// exists and whether it is in maintenance mode.
 	AgentService(id string, q *api.QueryOptions) (*api.AgentService, *api.QueryMeta, error)
+	AgentHealthServiceByIDOpts(id string, q *api.QueryOptions) (string, *api.AgentServiceChecksInfo, error)
 	HealthService(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
 	// AgentNodeID is the agent's node ID, which a dev agent draws anew at
 	// every start: the keeper tells an agent that lost its state from a
@@ -285,7 +290,13 @@ func ServiceID(i registry.Instance) string {
 
 func checkID(serviceID string) string { return "service:" + serviceID }
 
-func (r *Registry) registration(i registry.Instance) *api.AgentServiceRegistration {
+// maintReason is the reason lameduck gives Consul for maintenance mode.
+const maintReason = "lameduck: going offline"
+
+// registration is the agent registration of i. Its check starts passing,
+// or critical when hidden: a restore of a disabled instance must not show
+// it to consumers before maintenance mode is on again.
+func (r *Registry) registration(i registry.Instance, hidden bool) *api.AgentServiceRegistration {
 	id := ServiceID(i)
 	chk := &api.AgentServiceCheck{
 		CheckID:                        checkID(id),
@@ -296,6 +307,9 @@ func (r *Registry) registration(i registry.Instance) *api.AgentServiceRegistrati
 	case c.TTL > 0:
 		chk.TTL = c.TTL.String()
 		chk.Status = api.HealthPassing // TTL checks start critical otherwise
+		if hidden {
+			chk.Status = api.HealthCritical
+		}
 	case c.HTTP != "":
 		chk.HTTP, chk.Interval, chk.Timeout = c.HTTP, c.Interval.String(), c.Timeout.String()
 	default:
@@ -339,7 +353,7 @@ func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 	if err := i.Validate(); err != nil {
 		return err
 	}
-	if err := r.register(ctx, i); err != nil {
+	if err := r.register(ctx, i, false); err != nil {
 		return r.wrap("register", err)
 	}
 	id := ServiceID(i)
@@ -362,8 +376,8 @@ func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 	return nil
 }
 
-func (r *Registry) register(ctx context.Context, i registry.Instance) error {
-	return r.c.ServiceRegisterOpts(r.registration(i), api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
+func (r *Registry) register(ctx context.Context, i registry.Instance, hidden bool) error {
+	return r.c.ServiceRegisterOpts(r.registration(i, hidden), api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
 }
 
 func (r *Registry) stopKeeper(id string) {
@@ -392,7 +406,7 @@ func (r *Registry) Deregister(ctx context.Context, i registry.Instance) error {
 func (r *Registry) Disable(ctx context.Context, i registry.Instance) error {
 	id := ServiceID(i)
 	r.withKeeper(id, func(k *keeper) { k.setDisabled(true) })
-	err := r.c.EnableServiceMaintenanceOpts(id, "lameduck: going offline", (&api.QueryOptions{}).WithContext(ctx))
+	err := r.c.EnableServiceMaintenanceOpts(id, maintReason, (&api.QueryOptions{}).WithContext(ctx))
 	return r.wrap("disable", err)
 }
 

@@ -462,9 +462,13 @@ func TestKeeperRestores(t *testing.T) {
 				return countLocked(log[mark:], "register ") >= 1 && len(log) > mark+len(tc.want)+1
 			})
 			// After the mark: the renewal that got 404, then the restoration.
+			// The keeper's looks between renewals change nothing; skip them.
 			var after []string
 			lost := false
 			for _, l := range log[mark:] {
+				if isLook(l) {
+					continue
+				}
 				if !lost {
 					lost = strings.HasPrefix(l, "ttl ")
 					continue
@@ -480,6 +484,12 @@ func TestKeeperRestores(t *testing.T) {
 			}
 		})
 	}
+}
+
+// isLook reports whether a fake's log line is one of the keeper's reads
+// between renewals.
+func isLook(line string) bool {
+	return strings.HasPrefix(line, "service ") || strings.HasPrefix(line, "watch ") || strings.HasPrefix(line, "health-id ")
 }
 
 func TestKeeperRetriesErrors(t *testing.T) {
@@ -578,5 +588,109 @@ func TestRegisterTwiceKeepsOneKeeper(t *testing.T) {
 	}
 	if got := f.count("register "); got != 2 {
 		t.Errorf("ServiceRegisterOpts calls: want 2, got %d", got)
+	}
+}
+
+// TestKeeperLearnsOutsideDisable: an operator (or `lameduck offline
+// --disable` in another process) puts the service in maintenance mode;
+// when the agent later loses its state, the keeper restores the service
+// hidden (critical, then maintenance mode), not passing.
+func TestKeeperLearnsOutsideDisable(t *testing.T) {
+	t.Parallel()
+	f := newFake()
+	r := newTest(t, f, WithResync(time.Millisecond))
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	id := ServiceID(inst())
+	f.mu.Lock()
+	f.setMaintLocked(id, true) // someone else's maintenance mode
+	mark := len(f.log)
+	f.mu.Unlock()
+	f.waitLog(t, "a look after the outside disable", func(log []string) bool { return countLocked(log[mark:], "health-id ") >= 1 })
+	f.mu.Lock()
+	f.lose, f.maintOn = true, nil // the agent restarts and forgets everything
+	mark = len(f.log)
+	f.mu.Unlock()
+	log := f.waitLog(t, "the restore", func(log []string) bool { return countLocked(log[mark:], "maintenance on ") >= 1 })
+	var restore []string
+	for _, l := range log[mark:] {
+		if !isLook(l) && !strings.HasPrefix(l, "ttl ") {
+			restore = append(restore, l)
+		}
+	}
+	if want := []string{"register " + id, "maintenance on " + id}; !reflect.DeepEqual(restore[:2], want) {
+		t.Errorf("restore after the outside disable: want %q, got %q", want, restore)
+	}
+	f.mu.Lock()
+	reg := f.regs[len(f.regs)-1]
+	f.mu.Unlock()
+	if reg.Check.Status != api.HealthCritical {
+		t.Errorf("restored check status of a disabled instance: want critical until maintenance is on, got %q", reg.Check.Status)
+	}
+}
+
+// TestKeeperStopsAtOnceOnOutsideDeregister: the blocking query between
+// renewals sees a deregistration by someone else at once (the resync here
+// is half an hour), and the keeper stops; a later agent restart then finds
+// nothing to restore.
+func TestKeeperStopsAtOnceOnOutsideDeregister(t *testing.T) {
+	t.Parallel()
+	f := newFake()
+	f.sameNode = true
+	r := newTest(t, f, WithResync(30*time.Minute), WithCheck(Check{TTL: time.Hour}))
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	id := ServiceID(inst())
+	f.waitLog(t, "the blocking query", func(log []string) bool { return countLocked(log, "watch ") >= 1 })
+	f.set(func(f *fakeConsul) { f.gone = true })
+	r.mu.Lock()
+	k := r.keepers[id]
+	r.mu.Unlock()
+	within(t, "the keeper to stop", func() struct{} { <-k.done; return struct{}{} })
+	f.set(func(f *fakeConsul) { f.sameNode = false })
+	if n := f.count("register "); n != 1 {
+		t.Errorf("registrations: want 1 (no restore after an outside deregister), got %d", n)
+	}
+}
+
+// TestKeeperRetriesMaintenanceOfRestore: when the restore of a disabled
+// instance registered it but maintenance mode failed, the next tick puts
+// it in maintenance mode before anything else, and the renewal that
+// follows does not mistake the instance for enabled.
+func TestKeeperRetriesMaintenanceOfRestore(t *testing.T) {
+	t.Parallel()
+	f := newFake()
+	r := newTest(t, f, WithResync(time.Millisecond))
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	if err := r.Disable(t.Context(), inst()); err != nil {
+		t.Fatalf("Disable: want nil, got %v", err)
+	}
+	id := ServiceID(inst())
+	f.mu.Lock()
+	f.lose, f.maintOn, f.maint = true, nil, errors.New("agent busy")
+	mark := len(f.log)
+	f.mu.Unlock()
+	f.waitLog(t, "a failed maintenance call", func(log []string) bool { return countLocked(log[mark:], "maintenance on ") >= 1 })
+	f.set(func(f *fakeConsul) { f.maint = nil })
+	f.waitLog(t, "maintenance mode back on", func(log []string) bool { return countLocked(log[mark:], "maintenance on ") >= 2 })
+	f.mu.Lock()
+	mark = len(f.log)
+	f.mu.Unlock()
+	f.waitLog(t, "two more looks", func(log []string) bool { return countLocked(log[mark:], "health-id ") >= 2 })
+	f.mu.Lock()
+	on := f.maintOn[id]
+	f.mu.Unlock()
+	r.mu.Lock()
+	k := r.keepers[id]
+	r.mu.Unlock()
+	k.mu.Lock()
+	disabled := k.disabled
+	k.mu.Unlock()
+	if !on || !disabled {
+		t.Errorf("after the retried restore: want maintenance on and the keeper's intent disabled, got maintenance %v, disabled %v", on, disabled)
 	}
 }

@@ -34,21 +34,24 @@ type healthReply struct {
 // fakeConsul is a client that records every call as a line in log and
 // answers from the fields the test sets. Every call wakes waitLog.
 type fakeConsul struct {
-	nodeGen int           // AgentNodeID's answers
-	signal  chan struct{} // capacity 1; written after every recorded call
+	nodeGen  int           // AgentNodeID's answers
+	sameNode bool          // AgentNodeID always answers the same: the agent never restarts
+	signal   chan struct{} // capacity 1; written after every recorded call
 
 	mu       sync.Mutex
 	log      []string
 	regs     []*api.AgentServiceRegistration
 	regOpts  []api.ServiceRegisterOpts
-	waitIdx  []uint64 // WaitIndex of each health query
-	stale    []bool   // AllowStale of each health query
-	register error    // returned by ServiceRegisterOpts
-	dereg    error    // returned by ServiceDeregisterOpts
-	maint    error    // returned by the maintenance calls
-	lose     bool     // the next UpdateTTL or AgentService answers 404 (the agent forgot)
-	ttlErr   error    // returned by UpdateTTL when lose is false
-	blockTTL bool     // UpdateTTL blocks until its ctx ends
+	waitIdx  []uint64        // WaitIndex of each health query
+	stale    []bool          // AllowStale of each health query
+	register error           // returned by ServiceRegisterOpts
+	dereg    error           // returned by ServiceDeregisterOpts
+	maint    error           // returned by the maintenance calls
+	lose     bool            // the next UpdateTTL, AgentService or health look answers 404 (the agent forgot)
+	gone     bool            // every look answers 404 until a register (someone deregistered)
+	maintOn  map[string]bool // services in maintenance mode
+	ttlErr   error           // returned by UpdateTTL when lose is false
+	blockTTL bool            // UpdateTTL blocks until its ctx ends
 	replies  []healthReply
 	peers    []string           // StatusPeers' answer
 	peersErr error              // returned by StatusPeers and LANMembers
@@ -74,6 +77,7 @@ func (f *fakeConsul) ServiceRegisterOpts(s *api.AgentServiceRegistration, o api.
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record("register %s", s.ID)
+	f.gone = false
 	f.regs = append(f.regs, s)
 	f.regOpts = append(f.regOpts, o)
 	return f.register
@@ -92,6 +96,9 @@ func (f *fakeConsul) EnableServiceMaintenanceOpts(id, _ string, _ *api.QueryOpti
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record("maintenance on %s", id)
+	if f.maint == nil {
+		f.setMaintLocked(id, true)
+	}
 	return f.maint
 }
 
@@ -100,13 +107,16 @@ func (f *fakeConsul) DisableServiceMaintenanceOpts(id string, _ *api.QueryOption
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record("maintenance off %s", id)
+	if f.maint == nil {
+		f.setMaintLocked(id, false)
+	}
 	return f.maint
 }
 
 func (f *fakeConsul) UpdateTTLOpts(checkID, note, status string, q *api.QueryOptions) error {
 	f.mu.Lock()
 	f.record("ttl %s %s %q", checkID, status, note)
-	lose, block, err := f.lose, f.blockTTL, f.ttlErr
+	lose, block, err := f.lose || f.gone, f.blockTTL, f.ttlErr
 	f.lose = false
 	f.mu.Unlock()
 	f.wake()
@@ -120,16 +130,61 @@ func (f *fakeConsul) UpdateTTLOpts(checkID, note, status string, q *api.QueryOpt
 	return err
 }
 
-func (f *fakeConsul) AgentService(id string, _ *api.QueryOptions) (*api.AgentService, *api.QueryMeta, error) {
+// AgentService answers a blocking query (WaitHash set) like the agent:
+// it blocks until the service is gone or lost, or ctx ends. Without a hash
+// it answers at once.
+func (f *fakeConsul) AgentService(id string, q *api.QueryOptions) (*api.AgentService, *api.QueryMeta, error) {
+	defer f.wake()
+	f.mu.Lock()
+	if q.WaitHash == "" {
+		defer f.mu.Unlock()
+		f.record("service %s", id)
+		if f.lose || f.gone { // not consumed, as below
+			return nil, nil, errNotFound
+		}
+		return &api.AgentService{ID: id}, &api.QueryMeta{LastContentHash: "h1"}, nil
+	}
+	f.record("watch %s", id)
+	f.mu.Unlock()
+	f.wake()
+	for {
+		f.mu.Lock()
+		lost := f.lose || f.gone // not consumed: the renewal that follows sees it too
+		f.mu.Unlock()
+		if lost {
+			return nil, nil, errNotFound
+		}
+		select {
+		case <-q.Context().Done():
+			return nil, nil, q.Context().Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// AgentHealthServiceByIDOpts answers like the SDK: (critical, nil, nil) for
+// an unknown service, and the aggregated status with maintenance mode.
+func (f *fakeConsul) AgentHealthServiceByIDOpts(id string, _ *api.QueryOptions) (string, *api.AgentServiceChecksInfo, error) {
 	defer f.wake()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.record("service %s", id)
-	if f.lose {
+	f.record("health-id %s", id)
+	if f.lose || f.gone {
 		f.lose = false
-		return nil, nil, errNotFound
+		return api.HealthCritical, nil, nil
 	}
-	return &api.AgentService{ID: id}, &api.QueryMeta{}, nil
+	status := api.HealthPassing
+	if f.maintOn[id] {
+		status = api.HealthMaint
+	}
+	return status, &api.AgentServiceChecksInfo{AggregatedStatus: status}, nil
+}
+
+func (f *fakeConsul) setMaintLocked(id string, on bool) {
+	if f.maintOn == nil {
+		f.maintOn = map[string]bool{}
+	}
+	f.maintOn[id] = on
 }
 
 // HealthService answers from replies in order; once they run out it blocks
@@ -183,6 +238,9 @@ func (f *fakeConsul) LANMembers(_ *api.QueryOptions) ([]*api.AgentMember, error)
 func (f *fakeConsul) AgentNodeID(_ *api.QueryOptions) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.sameNode {
+		return "node-0", nil
+	}
 	f.nodeGen++ // a fake agent that restarts at every look: it always lost its state
 	return fmt.Sprintf("node-%d", f.nodeGen), nil
 }

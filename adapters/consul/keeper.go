@@ -3,6 +3,7 @@ package consul
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -14,22 +15,39 @@ import (
 // keeper holds one registration in place: it renews the TTL check and, when
 // the agent no longer knows the service because the agent lost its state (a
 // restarted dev agent, seen as a new node ID), registers it again with the
-// health and maintenance state it had. When the agent is the same one, the
-// service was deregistered on purpose (`lameduck offline` from another
-// process, an operator), and the keeper stops instead of fighting it.
+// health and maintenance state it had.
+//
+// The keeper restores the owner's intent, never more. While the agent is
+// the same one, what the agent shows is the intent: a service that is gone
+// was deregistered on purpose (`lameduck offline` from another process, an
+// operator), and the keeper stops instead of fighting it; a service in
+// maintenance mode was disabled, and is restored in maintenance mode. The
+// keeper learns of a deregistration at once, through a blocking query on
+// the agent's service between renewals, and of maintenance mode at the
+// next renewal, so within one resync interval. Deregister (going offline)
+// stops the keeper before it removes the service, and Disable records the
+// intent before it calls the agent, so neither can be undone by a restore.
 type keeper struct {
 	r      *Registry
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	nodeID string // the agent's node ID when registered; only the keeper's goroutine changes it after
+	// Only the keeper's goroutine uses these after it starts.
+	nodeID string // the agent's node ID when registered
+	hash   string // the agent's content hash of the service, for the blocking query
+	// maintPending: a restore registered a disabled instance, but putting
+	// it in maintenance mode failed; the next tick does that first.
+	maintPending bool
 
 	mu       sync.Mutex
 	inst     registry.Instance
 	health   registry.Health
 	note     string
 	disabled bool
+	// intent counts the owner's Disable and Enable calls: an observation
+	// of the agent taken before one of them must not overwrite it.
+	intent uint64
 }
 
 func newKeeper(r *Registry, i registry.Instance) *keeper {
@@ -38,11 +56,33 @@ func newKeeper(r *Registry, i registry.Instance) *keeper {
 }
 
 func (k *keeper) setInstance(i registry.Instance) { k.mu.Lock(); k.inst = i; k.mu.Unlock() }
-func (k *keeper) setDisabled(d bool)              { k.mu.Lock(); k.disabled = d; k.mu.Unlock() }
+func (k *keeper) setDisabled(d bool) {
+	k.mu.Lock()
+	k.disabled = d
+	k.intent++
+	k.mu.Unlock()
+}
 func (k *keeper) setHealth(h registry.Health, note string) {
 	k.mu.Lock()
 	k.health, k.note = h, note
 	k.mu.Unlock()
+}
+
+// observe records the maintenance state the agent showed, unless the
+// owner changed it since the observation began (intent moved on).
+func (k *keeper) observe(intent uint64, maint bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.intent != intent || k.disabled == maint {
+		return
+	}
+	k.disabled = maint
+	what := "enabled (maintenance mode off)"
+	if maint {
+		what = "disabled (maintenance mode on)"
+	}
+	slog.Info("consul: the instance was "+what+" by someone else; an agent restart restores it so",
+		"registry", k.r.name, "service_id", ServiceID(k.inst))
 }
 
 // ended reports whether the keeper has stopped keeping.
@@ -68,45 +108,97 @@ func (k *keeper) run() {
 	defer close(k.done)
 	failures := 0
 	for {
-		wait := k.r.o.resync
 		err := k.tick()
 		if errors.Is(err, errRemovedElsewhere) {
+			slog.Info(err.Error(), "registry", k.r.name, "service_id", ServiceID(k.inst))
 			return
 		}
 		if err != nil && k.ctx.Err() == nil {
-			wait = min(wait, k.r.o.backoff.Delay(failures))
+			k.sleep(min(k.r.o.resync, k.r.o.backoff.Delay(failures)))
 			failures++
 		} else {
 			failures = 0
+			k.await(k.r.o.resync)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-k.ctx.Done():
-			t.Stop()
+		if k.ctx.Err() != nil {
 			return
-		case <-t.C:
 		}
 	}
 }
 
-// tick renews or checks the registration once, restoring it if lost.
+func (k *keeper) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-k.ctx.Done():
+	case <-t.C:
+	}
+}
+
+// await waits d for the next renewal, returning early when the agent no
+// longer has the service: a blocking query on it, which the agent answers
+// when the service changes or d has passed.
+func (k *keeper) await(d time.Duration) {
+	k.mu.Lock()
+	id := ServiceID(k.inst)
+	k.mu.Unlock()
+	deadline := time.Now().Add(d)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 || k.ctx.Err() != nil {
+			return
+		}
+		// The agent may hold the query a little past WaitTime (jitter).
+		ctx, cancel := context.WithTimeout(k.ctx, left+left/8+100*time.Millisecond)
+		_, meta, err := k.r.c.AgentService(id, (&api.QueryOptions{WaitHash: k.hash, WaitTime: left}).WithContext(ctx))
+		cancel()
+		switch {
+		case isNotFound(err):
+			k.hash = ""
+			return // renew now: the renewal tells a lost agent from a removal
+		case err != nil:
+			k.sleep(time.Until(deadline))
+			return
+		case meta != nil:
+			k.hash = meta.LastContentHash
+		}
+	}
+}
+
+// tick renews or checks the registration once, learns the maintenance
+// state, and restores the registration if the agent lost it.
 func (k *keeper) tick() error {
 	ctx, cancel := context.WithTimeout(k.ctx, max(k.r.o.resync, time.Second))
 	defer cancel()
 	k.mu.Lock()
-	inst, health, note, disabled := k.inst, k.health, k.note, k.disabled
+	inst, health, note, disabled, intent := k.inst, k.health, k.note, k.disabled, k.intent
 	k.mu.Unlock()
 	id := ServiceID(inst)
 	q := (&api.QueryOptions{}).WithContext(ctx)
 
-	var err error
-	if k.r.o.check.TTL > 0 {
-		err = k.r.c.UpdateTTLOpts(checkID(id), note, consulHealth(health), q)
-	} else {
-		_, _, err = k.r.c.AgentService(id, q)
+	if k.maintPending && disabled {
+		if err := k.r.c.EnableServiceMaintenanceOpts(id, maintReason, q); err != nil && !isNotFound(err) {
+			return err
+		}
 	}
-	if err == nil || !isNotFound(err) {
-		return err
+	k.maintPending = false
+	lost := false
+	if k.r.o.check.TTL > 0 {
+		err := k.r.c.UpdateTTLOpts(checkID(id), note, consulHealth(health), q)
+		if err != nil && !isNotFound(err) {
+			return err
+		}
+		lost = err != nil
+	}
+	if !lost {
+		_, info, err := k.r.c.AgentHealthServiceByIDOpts(id, q)
+		if err != nil {
+			return err
+		}
+		if info != nil {
+			k.observe(intent, info.AggregatedStatus == api.HealthMaint)
+			return nil
+		}
 	}
 	node, err := k.r.c.AgentNodeID(q)
 	if err != nil {
@@ -116,17 +208,22 @@ func (k *keeper) tick() error {
 		return errRemovedElsewhere
 	}
 	k.nodeID = node
-	// The agent forgot us: register again, with the state we had.
-	if err := k.r.register(ctx, inst); err != nil {
+	k.hash = ""
+	// The agent forgot us: register again, with the state we had. A
+	// disabled instance starts critical, so consumers never see it
+	// passing before maintenance mode is back on.
+	if err := k.r.register(ctx, inst, disabled); err != nil {
 		return err
 	}
-	if k.r.o.check.TTL > 0 && health != registry.HealthPassing {
-		if err := k.r.c.UpdateTTLOpts(checkID(id), note, consulHealth(health), q); err != nil {
+	if disabled {
+		k.maintPending = true
+		if err := k.r.c.EnableServiceMaintenanceOpts(id, maintReason, q); err != nil {
 			return err
 		}
+		k.maintPending = false
 	}
-	if disabled {
-		return k.r.c.EnableServiceMaintenanceOpts(id, "lameduck: going offline", q)
+	if k.r.o.check.TTL > 0 && (disabled || health != registry.HealthPassing) {
+		return k.r.c.UpdateTTLOpts(checkID(id), note, consulHealth(health), q)
 	}
 	return nil
 }
