@@ -128,16 +128,7 @@ func (r *Registry) patchEnabled(ctx context.Context, i registry.Instance, on boo
 	if err != nil {
 		return err
 	}
-	id := url.Values{
-		"groupName":   {r.group(i)},
-		"serviceName": {i.Service},
-		"clusterName": {r.cluster(i)},
-		"ip":          {i.Address},
-		"port":        {strconv.Itoa(i.Port)},
-	}
-	if r.o.namespace != "" {
-		id.Set("namespaceId", r.o.namespace)
-	}
+	id := r.adminID(i)
 	var cur adminInstance
 	if err := r.admin(ctx, i, token, http.MethodGet, adminInstancePath, id, &cur); err != nil {
 		return err

@@ -554,3 +554,66 @@ func TestStatusErrorRejected(t *testing.T) {
 		}
 	}
 }
+
+// withKeeper makes the keeper look every millisecond and trust a publish
+// after settle.
+func withKeeper(settle time.Duration) Option {
+	return func(o *options) { o.resync, o.settle = time.Millisecond, settle }
+}
+
+// TestKeeperAdoptsOutsideDisable: someone else disables the instance
+// through the admin API (a server-side override, which a restarted server
+// no longer has); the keeper adopts it into what it publishes, so the
+// SDK's redo re-registers it disabled. An enable by someone else is
+// adopted the same way.
+func TestKeeperAdoptsOutsideDisable(t *testing.T) {
+	t.Parallel()
+	a := newFakeAdmin(t)
+	r, f := newAdminTest(t, a, withKeeper(time.Millisecond))
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	if err := r.awaitClear(t.Context(), "test", inst()); err != nil { // it would undo the disable below
+		t.Fatal(err)
+	}
+	lastEnable := func(f *fakeNacos) (bool, int) {
+		b := f.batches[len(f.batches)-1]
+		return b.Instances[0].Enable, len(f.batches)
+	}
+	a.set(func(a *fakeAdmin) { a.enabled = false })
+	f.waitFor(t, "a publish with enabled=false", func(f *fakeNacos) bool { on, _ := lastEnable(f); return !on })
+	a.set(func(a *fakeAdmin) { a.enabled = true })
+	f.waitFor(t, "a publish with enabled=true", func(f *fakeNacos) bool { on, _ := lastEnable(f); return on })
+	f.mu.Lock()
+	_, n := lastEnable(f)
+	f.mu.Unlock()
+	if n != 3 {
+		t.Errorf("publishes: want 3 (register, adopt the disable, adopt the enable), got %d", n)
+	}
+}
+
+// TestKeeperTrustsOwnRecentPublish: right after the backend's own publish,
+// a server that still shows the old state (a cluster node a second
+// behind) is not taken for someone else's change.
+func TestKeeperTrustsOwnRecentPublish(t *testing.T) {
+	t.Parallel()
+	a := newFakeAdmin(t)
+	r, f := newAdminTest(t, a, withKeeper(time.Hour))
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	if err := r.awaitClear(t.Context(), "test", inst()); err != nil {
+		t.Fatal(err)
+	}
+	a.set(func(a *fakeAdmin) { a.enabled = false })
+	time.Sleep(50 * time.Millisecond) // fifty rounds of the keeper
+	f.mu.Lock()
+	n := len(f.batches)
+	f.mu.Unlock()
+	if n != 1 {
+		t.Errorf("publishes while the own publish is not settled: want 1 (the register), got %d", n)
+	}
+	if got := len(a.requests()); got != 2 {
+		t.Errorf("admin requests: want Register's login and GET only, got %d", got)
+	}
+}

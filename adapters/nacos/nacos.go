@@ -65,6 +65,8 @@ type options struct {
 	password  string
 	dataDir   string
 	timeout   time.Duration
+	resync    time.Duration
+	settle    time.Duration // see settleAfter
 	client    client
 
 	noAdminAPI bool
@@ -83,6 +85,12 @@ func (o *options) setDefaults() {
 	}
 	if o.timeout <= 0 {
 		o.timeout = 5 * time.Second
+	}
+	if o.resync == 0 {
+		o.resync = 5 * time.Second
+	}
+	if o.settle <= 0 {
+		o.settle = settleAfter
 	}
 }
 
@@ -126,6 +134,11 @@ func WithDataDir(dir string) Option { return func(o *options) { o.dataDir = dir 
 // WithTimeout bounds each SDK call; default 5s.
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
 
+// WithResync sets how often the backend compares what it publishes with
+// what the server shows, to learn of a disable or enable by someone else
+// (see keeper.go); default 5s. A negative interval turns that off.
+func WithResync(d time.Duration) Option { return func(o *options) { o.resync = d } }
+
 func withClient(c client) Option { return func(o *options) { o.client = c } }
 
 // withoutAdminAPI keeps the backend off the HTTP admin API (the stale
@@ -154,6 +167,11 @@ type Registry struct {
 	pubMu   sync.Mutex
 	pubs    map[string]map[string]*published // service key -> instance key -> instance
 	pubDone chan struct{}                    // closed when the last publish's SDK call returned
+	pubGen  uint64                           // counts publishes the server took; see keeper.go
+	pubAt   time.Time                        // when the last publish was taken
+
+	keepOnce sync.Once          // starts the keeper after the first Register
+	keepStop context.CancelFunc // ends it; guarded by mu
 
 	// Register looks for a stale disable in the background (see
 	// clearStaleDisable); later calls about the same instance wait for it.
@@ -262,6 +280,9 @@ func (r *Registry) Close() error {
 		return nil
 	}
 	r.closed = true
+	if r.keepStop != nil {
+		r.keepStop()
+	}
 	views := r.views
 	r.views = map[string]*view{}
 	r.mu.Unlock()
@@ -386,6 +407,7 @@ func (r *Registry) Register(ctx context.Context, i registry.Instance) error {
 	}
 	if err == nil {
 		r.warmViews()
+		r.startKeeper()
 	}
 	return err
 }
@@ -598,6 +620,8 @@ func (r *Registry) change(ctx context.Context, op string, i registry.Instance, e
 	} else {
 		r.pubs[key] = next
 	}
+	r.pubGen++
+	r.pubAt = time.Now()
 	return nil
 }
 
