@@ -39,10 +39,10 @@ type client interface {
 	EnableServiceMaintenanceOpts(id, reason string, q *api.QueryOptions) error
 	DisableServiceMaintenanceOpts(id string, q *api.QueryOptions) error
 	UpdateTTLOpts(checkID, output, status string, q *api.QueryOptions) error
-	// AgentService is the keeper's blocking query (WaitHash) between
-	// renewals; AgentHealthServiceByIDOpts tells it whether the service
-	// exists and whether it is in maintenance mode.
-	AgentService(id string, q *api.QueryOptions) (*api.AgentService, *api.QueryMeta, error)
+	// HealthChecks is the keeper's blocking query between renewals;
+	// AgentHealthServiceByIDOpts tells it whether the agent has the
+	// service and whether it is in maintenance mode.
+	HealthChecks(service string, q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error)
 	AgentHealthServiceByIDOpts(id string, q *api.QueryOptions) (string, *api.AgentServiceChecksInfo, error)
 	HealthService(service, tag string, passingOnly bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error)
 	// AgentNodeID is the agent's node ID, which a dev agent draws anew at
@@ -88,8 +88,8 @@ func (s sdk) AgentNodeID(q *api.QueryOptions) (string, error) {
 	return self.Config.NodeID, nil
 }
 
-func (s sdk) AgentService(id string, q *api.QueryOptions) (*api.AgentService, *api.QueryMeta, error) {
-	return s.Agent.Service(id, q)
+func (s sdk) HealthChecks(service string, q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error) {
+	return s.health.Checks(service, q)
 }
 
 func (s sdk) HealthService(service, tag string, passing bool, q *api.QueryOptions) ([]*api.ServiceEntry, *api.QueryMeta, error) {

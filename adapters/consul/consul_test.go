@@ -388,7 +388,7 @@ func TestKeeperChecksServiceWithoutTTL(t *testing.T) {
 	if err := r.Register(t.Context(), inst()); err != nil {
 		t.Fatalf("Register: want nil, got %v", err)
 	}
-	f.waitLog(t, "a service check", func(log []string) bool { return countLocked(log, "service svc-10.0.0.1-8080") >= 1 })
+	f.waitLog(t, "a service check", func(log []string) bool { return countLocked(log, "health-id svc-10.0.0.1-8080") >= 1 })
 	f.set(func(f *fakeConsul) { f.lose = true })
 	f.waitLog(t, "a re-registration", func(log []string) bool { return countLocked(log, "register ") >= 2 })
 	if n := f.count("ttl "); n != 0 {
@@ -592,17 +592,20 @@ func TestRegisterTwiceKeepsOneKeeper(t *testing.T) {
 }
 
 // TestKeeperLearnsOutsideDisable: an operator (or `lameduck offline
-// --disable` in another process) puts the service in maintenance mode;
-// when the agent later loses its state, the keeper restores the service
+// --disable` in another process) puts the service in maintenance mode, and
+// the keeper learns it at once; when the agent later loses its state, the keeper restores the service
 // hidden (critical, then maintenance mode), not passing.
 func TestKeeperLearnsOutsideDisable(t *testing.T) {
 	t.Parallel()
 	f := newFake()
-	r := newTest(t, f, WithResync(time.Millisecond))
+	// Half an hour between renewals: only the blocking query can tell the
+	// keeper in time.
+	r := newTest(t, f, WithResync(30*time.Minute), WithCheck(Check{TTL: time.Hour}))
 	if err := r.Register(t.Context(), inst()); err != nil {
 		t.Fatalf("Register: want nil, got %v", err)
 	}
 	id := ServiceID(inst())
+	f.waitLog(t, "the blocking query", func(log []string) bool { return countLocked(log, "watch ") >= 2 })
 	f.mu.Lock()
 	f.setMaintLocked(id, true) // someone else's maintenance mode
 	mark := len(f.log)
@@ -643,7 +646,8 @@ func TestKeeperStopsAtOnceOnOutsideDeregister(t *testing.T) {
 		t.Fatalf("Register: want nil, got %v", err)
 	}
 	id := ServiceID(inst())
-	f.waitLog(t, "the blocking query", func(log []string) bool { return countLocked(log, "watch ") >= 1 })
+	// The second query is the one that blocks: the first has answered.
+	f.waitLog(t, "the blocking query", func(log []string) bool { return countLocked(log, "watch ") >= 2 })
 	f.set(func(f *fakeConsul) { f.gone = true })
 	r.mu.Lock()
 	k := r.keepers[id]

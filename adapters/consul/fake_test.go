@@ -42,16 +42,17 @@ type fakeConsul struct {
 	log      []string
 	regs     []*api.AgentServiceRegistration
 	regOpts  []api.ServiceRegisterOpts
-	waitIdx  []uint64        // WaitIndex of each health query
-	stale    []bool          // AllowStale of each health query
-	register error           // returned by ServiceRegisterOpts
-	dereg    error           // returned by ServiceDeregisterOpts
-	maint    error           // returned by the maintenance calls
-	lose     bool            // the next UpdateTTL, AgentService or health look answers 404 (the agent forgot)
-	gone     bool            // every look answers 404 until a register (someone deregistered)
-	maintOn  map[string]bool // services in maintenance mode
-	ttlErr   error           // returned by UpdateTTL when lose is false
-	blockTTL bool            // UpdateTTL blocks until its ctx ends
+	waitIdx  []uint64          // WaitIndex of each health query
+	stale    []bool            // AllowStale of each health query
+	register error             // returned by ServiceRegisterOpts
+	dereg    error             // returned by ServiceDeregisterOpts
+	maint    error             // returned by the maintenance calls
+	lose     bool              // the next UpdateTTL, AgentService or health look answers 404 (the agent forgot)
+	gone     bool              // every look answers 404 until a register (someone deregistered)
+	maintOn  map[string]bool   // services in maintenance mode
+	lastKey  map[string]string // HealthChecks' last answer per service ID; see answered
+	ttlErr   error             // returned by UpdateTTL when lose is false
+	blockTTL bool              // UpdateTTL blocks until its ctx ends
 	replies  []healthReply
 	peers    []string           // StatusPeers' answer
 	peersErr error              // returned by StatusPeers and LANMembers
@@ -130,36 +131,55 @@ func (f *fakeConsul) UpdateTTLOpts(checkID, note, status string, q *api.QueryOpt
 	return err
 }
 
-// AgentService answers a blocking query (WaitHash set) like the agent:
-// it blocks until the service is gone or lost, or ctx ends. Without a hash
-// it answers at once.
-func (f *fakeConsul) AgentService(id string, q *api.QueryOptions) (*api.AgentService, *api.QueryMeta, error) {
-	defer f.wake()
+// HealthChecks answers a blocking query like the catalog: the service's
+// checks (its own and, in maintenance mode, the maintenance check) at
+// index 1 when WaitIndex differs, and otherwise blocks until they change
+// (index 2 onwards) or ctx ends.
+func (f *fakeConsul) HealthChecks(service string, q *api.QueryOptions) (api.HealthChecks, *api.QueryMeta, error) {
 	f.mu.Lock()
-	if q.WaitHash == "" {
-		defer f.mu.Unlock()
-		f.record("service %s", id)
-		if f.lose || f.gone { // not consumed, as below
-			return nil, nil, errNotFound
-		}
-		return &api.AgentService{ID: id}, &api.QueryMeta{LastContentHash: "h1"}, nil
-	}
-	f.record("watch %s", id)
+	f.record("watch %s", service)
 	f.mu.Unlock()
 	f.wake()
-	for {
+	id := strings.TrimSuffix(strings.TrimPrefix(q.Filter, `ServiceID == "`), `"`)
+	state := func() (api.HealthChecks, string) {
 		f.mu.Lock()
-		lost := f.lose || f.gone // not consumed: the renewal that follows sees it too
-		f.mu.Unlock()
-		if lost {
-			return nil, nil, errNotFound
+		defer f.mu.Unlock()
+		if f.lose || f.gone {
+			return nil, "gone"
 		}
+		checks := api.HealthChecks{{CheckID: checkID(id), ServiceID: id}}
+		if f.maintOn[id] {
+			checks = append(checks, &api.HealthCheck{CheckID: maintCheckPrefix + id, ServiceID: id})
+			return checks, "maint"
+		}
+		return checks, "listed"
+	}
+	checks, key := state()
+	for q.WaitIndex != 0 && key == f.answered(id, "") {
 		select {
 		case <-q.Context().Done():
 			return nil, nil, q.Context().Err()
 		case <-time.After(time.Millisecond):
 		}
+		checks, key = state()
 	}
+	f.answered(id, key)
+	return checks, &api.QueryMeta{LastIndex: q.WaitIndex + 1}, nil
+}
+
+// answered returns the state HealthChecks last answered for id, and
+// records key as the new one unless key is empty.
+func (f *fakeConsul) answered(id, key string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.lastKey == nil {
+		f.lastKey = map[string]string{}
+	}
+	last := f.lastKey[id]
+	if key != "" {
+		f.lastKey[id] = key
+	}
+	return last
 }
 
 // AgentHealthServiceByIDOpts answers like the SDK: (critical, nil, nil) for

@@ -22,9 +22,9 @@ import (
 // was deregistered on purpose (`lameduck offline` from another process, an
 // operator), and the keeper stops instead of fighting it; a service in
 // maintenance mode was disabled, and is restored in maintenance mode. The
-// keeper learns of a deregistration at once, through a blocking query on
-// the agent's service between renewals, and of maintenance mode at the
-// next renewal, so within one resync interval. Deregister (going offline)
+// keeper learns of either at once, through a blocking query on the
+// service's checks between renewals, and at the latest at the next
+// renewal (one resync interval) if that query fails. Deregister (going offline)
 // stops the keeper before it removes the service, and Disable records the
 // intent before it calls the agent, so neither can be undone by a restore.
 type keeper struct {
@@ -34,8 +34,9 @@ type keeper struct {
 	done   chan struct{}
 
 	// Only the keeper's goroutine uses these after it starts.
-	nodeID string // the agent's node ID when registered
-	hash   string // the agent's content hash of the service, for the blocking query
+	nodeID string       // the agent's node ID when registered
+	index  uint64       // the blocking query's index; 0 starts afresh
+	expect catalogState // what the last tick found; await ends when the catalog shows otherwise
 	// maintPending: a restore registered a disabled instance, but putting
 	// it in maintenance mode failed; the next tick does that first.
 	maintPending bool
@@ -107,7 +108,11 @@ func (k *keeper) stop() {
 func (k *keeper) run() {
 	defer close(k.done)
 	failures := 0
+	// A look that differs from the tick's (a catalog a moment behind the
+	// agent) ends await early; ticks are still at least this far apart.
+	gap := min(k.r.o.resync, time.Second)
 	for {
+		began := time.Now()
 		err := k.tick()
 		if errors.Is(err, errRemovedElsewhere) {
 			slog.Info(err.Error(), "registry", k.r.name, "service_id", ServiceID(k.inst))
@@ -119,6 +124,7 @@ func (k *keeper) run() {
 		} else {
 			failures = 0
 			k.await(k.r.o.resync)
+			k.sleep(time.Until(began.Add(gap)))
 		}
 		if k.ctx.Err() != nil {
 			return
@@ -135,13 +141,17 @@ func (k *keeper) sleep(d time.Duration) {
 	}
 }
 
-// await waits d for the next renewal, returning early when the agent no
-// longer has the service: a blocking query on it, which the agent answers
-// when the service changes or d has passed.
+// await waits d for the next renewal, returning early when what
+// consumers see of the service differs from what the last tick found: its
+// checks vanish (deregistered) or a maintenance check appears or goes. It is a blocking query on the
+// service's checks in the catalog, which the agent copies its own changes
+// to at once; the tick that follows asks the agent itself.
 func (k *keeper) await(d time.Duration) {
 	k.mu.Lock()
-	id := ServiceID(k.inst)
+	inst := k.inst
 	k.mu.Unlock()
+	id := ServiceID(inst)
+	filter := `ServiceID == "` + id + `"`
 	deadline := time.Now().Add(d)
 	for {
 		left := time.Until(deadline)
@@ -150,19 +160,45 @@ func (k *keeper) await(d time.Duration) {
 		}
 		// The agent may hold the query a little past WaitTime (jitter).
 		ctx, cancel := context.WithTimeout(k.ctx, left+left/8+100*time.Millisecond)
-		_, meta, err := k.r.c.AgentService(id, (&api.QueryOptions{WaitHash: k.hash, WaitTime: left}).WithContext(ctx))
+		checks, meta, err := k.r.c.HealthChecks(inst.Service, (&api.QueryOptions{WaitIndex: k.index, WaitTime: left, Filter: filter}).WithContext(ctx))
 		cancel()
-		switch {
-		case isNotFound(err):
-			k.hash = ""
-			return // renew now: the renewal tells a lost agent from a removal
-		case err != nil:
+		if err != nil {
+			k.index = 0
 			k.sleep(time.Until(deadline))
 			return
-		case meta != nil:
-			k.hash = meta.LastContentHash
+		}
+		if catalogStateOf(checks, id) != k.expect {
+			k.index = 0
+			return // renew and look now
+		}
+		if meta.LastIndex < k.index {
+			k.index = 0 // the index went backwards: start over, as Consul advises
+		} else {
+			k.index = meta.LastIndex
 		}
 	}
+}
+
+// maintCheckPrefix starts the ID of the check Consul adds to a service in
+// maintenance mode.
+const maintCheckPrefix = "_service_maintenance:"
+
+// catalogState is what the keeper follows of a service in the catalog:
+// whether it is listed, and whether it is in maintenance mode.
+type catalogState struct{ listed, maint bool }
+
+func catalogStateOf(checks api.HealthChecks, id string) catalogState {
+	var s catalogState
+	for _, c := range checks {
+		if c.ServiceID != id {
+			continue
+		}
+		s.listed = true
+		if c.CheckID == maintCheckPrefix+id {
+			s.maint = true
+		}
+	}
+	return s
 }
 
 // tick renews or checks the registration once, learns the maintenance
@@ -196,7 +232,9 @@ func (k *keeper) tick() error {
 			return err
 		}
 		if info != nil {
-			k.observe(intent, info.AggregatedStatus == api.HealthMaint)
+			maint := info.AggregatedStatus == api.HealthMaint
+			k.expect = catalogState{listed: true, maint: maint}
+			k.observe(intent, maint)
 			return nil
 		}
 	}
@@ -208,7 +246,7 @@ func (k *keeper) tick() error {
 		return errRemovedElsewhere
 	}
 	k.nodeID = node
-	k.hash = ""
+	k.index = 0
 	// The agent forgot us: register again, with the state we had. A
 	// disabled instance starts critical, so consumers never see it
 	// passing before maintenance mode is back on.
