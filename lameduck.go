@@ -67,6 +67,8 @@ type options struct {
 	adminAddr  string
 	adminToken string
 	adminSet   bool
+	adminConns int // 0: admin.DefaultMaxConns
+	adminPolls int // 0: admin.DefaultMaxLongPolls
 	ready      func(ctx context.Context) error
 	onEvent    func(drain.Event)
 	log        *slog.Logger
@@ -107,6 +109,16 @@ func WithReady(check func(ctx context.Context) error) Option {
 // address turns the endpoint off.
 func WithAdmin(addr, token string) Option {
 	return func(o *options) { o.adminAddr, o.adminToken, o.adminSet = addr, token, true }
+}
+
+// WithAdminLimits sets the admin endpoint's cap on open connections
+// (default admin.DefaultMaxConns, 64) and on /wait long-polls held at once
+// (default admin.DefaultMaxLongPolls, 32; beyond it /wait answers 429). A
+// value <= 0 keeps the default. The long-poll cap must stay below the
+// connection cap, so that POST /offline finds a connection when every
+// long-poll slot is taken; New refuses it otherwise.
+func WithAdminLimits(maxConns, maxLongPolls int) Option {
+	return func(o *options) { o.adminConns, o.adminPolls = maxConns, maxLongPolls }
 }
 
 // WithEventHook receives every protocol event, after the App has logged it.
@@ -152,6 +164,16 @@ func New(inst registry.Instance, regs []registry.Registry, opts ...Option) (*App
 			return nil, err
 		}
 	}
+	conns, polls := admin.DefaultMaxConns, admin.DefaultMaxLongPolls // for a value <= 0, as pkg/admin does
+	if o.adminConns > 0 {
+		conns = o.adminConns
+	}
+	if o.adminPolls > 0 {
+		polls = o.adminPolls
+	}
+	if polls >= conns {
+		return nil, fmt.Errorf("lameduck: WithAdminLimits: the long-poll cap %d must be below the connection cap %d, so that POST /offline always finds a connection", polls, conns)
+	}
 	if o.adminAddr != "" {
 		if _, set := inst.Metadata[MetaAdmin]; !set {
 			md := make(map[string]string, len(inst.Metadata)+1)
@@ -176,7 +198,7 @@ func New(inst registry.Instance, regs []registry.Registry, opts ...Option) (*App
 	if a.metrics, err = admin.NewMetrics(coord); err != nil {
 		return nil, err
 	}
-	hopts := []admin.Option{admin.WithMetrics(a.metrics)}
+	hopts := []admin.Option{admin.WithMetrics(a.metrics), admin.WithMaxLongPolls(o.adminPolls)}
 	if o.adminToken != "" {
 		hopts = append(hopts, admin.WithToken(o.adminToken))
 	}
@@ -193,7 +215,8 @@ func (a *App) Tracker() *drain.Tracker { return a.tracker }
 func (a *App) Coordinator() *drain.Coordinator { return a.coord }
 
 // AdminHandler is the admin endpoint, for apps that serve it themselves
-// (with WithAdmin("", "")).
+// (with WithAdmin("", "")). Serve it with admin.Serve, whose limits keep
+// it from taking the file descriptors the app's own listener needs.
 func (a *App) AdminHandler() http.Handler { return a.handler }
 
 func (a *App) event(e drain.Event) {
@@ -262,16 +285,18 @@ func (a *App) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("lameduck: admin endpoint on %s: %w", a.o.adminAddr, err)
 		}
-		srv := &http.Server{Handler: a.handler, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		defer func() {
-			// Let long-polls waiting for Offline get their answer.
-			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			if srv.Shutdown(sctx) != nil {
-				_ = srv.Close()
+		// The endpoint outlives ctx: it reports the offline ctx started, and
+		// stops once Run is done, letting long-polls waiting for Offline get
+		// their answer.
+		actx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			if err := admin.Serve(actx, ln, a.handler, admin.WithMaxConns(a.o.adminConns)); err != nil {
+				a.o.log.Error("lameduck: admin endpoint stopped", "err", err)
 			}
 		}()
+		defer func() { stopAdmin(); <-served }()
 		a.o.log.Info("lameduck: admin endpoint", "addr", ln.Addr().String())
 	}
 

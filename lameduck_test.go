@@ -1,11 +1,15 @@
 package lameduck
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -141,5 +145,133 @@ func TestRunGoesOfflineWhenCtxEnds(t *testing.T) {
 	}
 	if !registered.Load() {
 		t.Fatal("want the readiness check run before registering")
+	}
+}
+
+// WithAdminLimits refuses a long-poll cap that would leave no connection
+// for POST /offline.
+func TestAdminLimitsChecked(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		conns, polls int
+		ok           bool
+	}{
+		{conns: 0, polls: 0, ok: true}, // the defaults
+		{conns: 8, polls: 4, ok: true},
+		{conns: 8, polls: 8},
+		{conns: 16, polls: 0}, // the default 32 long-polls
+		{conns: 0, polls: 64}, // the default 64 connections
+		{conns: -1, polls: -1, ok: true},
+	}
+	for _, c := range cases {
+		_, err := New(testInstance(), nil, WithAdmin("", ""), WithAdminLimits(c.conns, c.polls))
+		if c.ok && err != nil {
+			t.Errorf("WithAdminLimits(%d, %d): want accepted, got %v", c.conns, c.polls, err)
+		}
+		if !c.ok && (err == nil || !strings.HasPrefix(err.Error(), "lameduck: WithAdminLimits: ")) {
+			t.Errorf("WithAdminLimits(%d, %d): want a lameduck: WithAdminLimits: error, got %v", c.conns, c.polls, err)
+		}
+	}
+}
+
+// Run serves its admin endpoint with the limits WithAdminLimits sets: the
+// long-poll beyond the cap is refused, and a connection beyond the cap
+// waits unserved.
+func TestRunServesAdminWithLimits(t *testing.T) {
+	t.Parallel()
+	mem, err := memory.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	app, err := New(testInstance(), []registry.Registry{mem},
+		WithAdmin(addr, ""), WithAdminLimits(2, 1), WithSignals(unsentSignal),
+		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
+		WithDrain(drain.WithBudget(5*time.Second), drain.WithQuietWindow(0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("want Run to return once ctx ended, still running after 10s")
+		}
+	}()
+
+	dial := func() (net.Conn, *bufio.Reader) {
+		t.Helper()
+		var conn net.Conn
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if conn, err = net.DialTimeout("tcp", addr, time.Second); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatalf("dial the admin endpoint at %s: %v", addr, err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn, bufio.NewReader(conn)
+	}
+	get := func(conn net.Conn, path string) {
+		t.Helper()
+		if _, err := io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: admin\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(conn net.Conn, r *bufio.Reader, d time.Duration) (int, error) {
+		_ = conn.SetReadDeadline(time.Now().Add(d))
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+
+	// Two long-polls for the one slot: one is held, the other refused
+	// with 429, which closes its connection.
+	a, ar := dial()
+	b, br := dial()
+	get(a, "/wait?phase=Offline&timeout=1m")
+	get(b, "/wait?phase=Offline&timeout=1m")
+	type answer struct {
+		code int
+		err  error
+	}
+	answers := make(chan answer, 2)
+	go func() { code, err := read(a, ar, 500*time.Millisecond); answers <- answer{code, err} }()
+	go func() { code, err := read(b, br, 500*time.Millisecond); answers <- answer{code, err} }()
+	got := []answer{<-answers, <-answers}
+	if got[0].err == nil {
+		got[0], got[1] = got[1], got[0]
+	}
+	if got[0].err == nil || got[1].err != nil || got[1].code != http.StatusTooManyRequests {
+		t.Fatalf("two long-polls with a cap of 1: want one held and one answered 429, got (%d, %v) and (%d, %v)", got[0].code, got[0].err, got[1].code, got[1].err)
+	}
+	// Two connections are the cap: the held long-poll and this one.
+	idle, ir := dial()
+	get(idle, "/status")
+	if code, err := read(idle, ir, 5*time.Second); err != nil || code != http.StatusOK {
+		t.Fatalf("GET /status on a second connection: want 200, got %d %v", code, err)
+	}
+	extra, er := dial() // a third: the kernel's backlog holds it
+	get(extra, "/status")
+	if code, err := read(extra, er, 200*time.Millisecond); err == nil {
+		t.Fatalf("a third connection with the cap of 2 taken: want no answer, got %d", code)
+	}
+	idle.Close()
+	if code, err := read(extra, er, 5*time.Second); err != nil || code != http.StatusOK {
+		t.Fatalf("the third connection once one closed: want 200, got %d %v", code, err)
 	}
 }

@@ -409,19 +409,17 @@ func serveMetrics(addr, token string, m *supervisor.Metrics) (stop func(), err e
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", admin.RequireToken(token, m.Handler()))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = srv.Serve(ln)
+		if err := admin.Serve(ctx, ln, mux); err != nil {
+			slog.Error("lameduck run: metrics endpoint stopped", "err", err)
+		}
 	}()
 	slog.Info("lameduck run: metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if srv.Shutdown(ctx) != nil {
-			_ = srv.Close()
-		}
+		cancel()
 		<-done
 	}, nil
 }

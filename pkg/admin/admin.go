@@ -8,12 +8,36 @@
 //	                          long-poll until the phase is reached (default Offline)
 //	GET  /metrics             Prometheus metrics, when the handler has WithMetrics
 //
-// State changes are POST only. When a token is set, POST requests must carry
-// "Authorization: Bearer TOKEN"; the token is compared in constant time and
-// never logged or echoed.
+// # Token
+//
+// Without a token (WithToken) every request is served; CheckAddr allows
+// that on loopback only. With one, every request but GET /ready must
+// carry "Authorization: Bearer TOKEN" and is answered 401 otherwise: the
+// state change, and the reads too, since the status names the instance,
+// its registries and its traffic, and a long-poll holds a connection. The
+// token is compared in constant time and never logged or echoed.
+//
+// GET /ready stays open: it is the readiness probe. The kubelet probes
+// from outside the pod, so a probed endpoint is off loopback and has a
+// token, which a probe could carry only written in plain text in the pod
+// spec. It tells only whether the instance takes traffic (and, once not,
+// its phase), which its registries tell anyone who can discover it.
+//
+// # Limits
+//
+// The endpoint must not hurt the app it controls. The handler holds at
+// most WithMaxLongPolls /wait long-polls at once (DefaultMaxLongPolls);
+// beyond that /wait answers 429 Too Many Requests with Retry-After and a
+// one-line JSON error, and closes the connection. A /wait whose phase is
+// already reached is answered at once, never refused. Serve adds the
+// server's limits: a cap on open connections (DefaultMaxConns) so that
+// the endpoint never takes the file descriptors the app's own listener
+// needs, and timeouts on headers and idle connections. Serve the handler
+// with Serve, not a bare http.Server.
 //
 // Metrics (NewMetrics) exposes the protocol to Prometheus on a registry of
-// its own; Client is the other end of the endpoint, for other processes.
+// its own; Client is the other end of the endpoint, for other processes,
+// and waits and retries when the endpoint answers 429.
 package admin
 
 import (
@@ -24,6 +48,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/lameduck/lameduck/drain"
@@ -46,25 +71,47 @@ var _ Controller = (*drain.Coordinator)(nil)
 type Option func(*options)
 
 type options struct {
-	token   string
-	maxWait time.Duration
-	metrics *Metrics
+	token     string
+	maxWait   time.Duration
+	longPolls int
+	metrics   *Metrics
 }
 
 func (o *options) setDefaults() {
 	if o.maxWait <= 0 {
 		o.maxWait = 5 * time.Minute
 	}
+	if o.longPolls <= 0 {
+		o.longPolls = DefaultMaxLongPolls
+	}
 }
 
-// WithToken requires "Authorization: Bearer token" on state changes.
+// DefaultMaxLongPolls is how many /wait long-polls the handler holds at
+// once unless WithMaxLongPolls says otherwise. An instance has a few
+// followers (a prestop hook, `lameduck offline`, a person); 32 leaves
+// room for retries and scripts while keeping half of Serve's
+// DefaultMaxConns connections free for everything else.
+const DefaultMaxLongPolls = 32
+
+// retryAfter is what a refused long-poll is told to wait, in the
+// Retry-After header; Client's busyPolicy starts from it.
+const retryAfter = time.Second
+
+// WithToken requires "Authorization: Bearer token" on every request but
+// GET /ready (see the package doc). An empty token requires nothing.
 func WithToken(token string) Option { return func(o *options) { o.token = token } }
+
+// WithMaxLongPolls caps the /wait long-polls held at once; n <= 0 means
+// DefaultMaxLongPolls. Beyond the cap /wait answers 429 with Retry-After.
+// Keep it below Serve's connection cap (WithMaxConns).
+func WithMaxLongPolls(n int) Option { return func(o *options) { o.longPolls = n } }
 
 // WithMaxWait caps the timeout a /wait long-poll may ask for; default 5m.
 func WithMaxWait(d time.Duration) Option { return func(o *options) { o.maxWait = d } }
 
 // WithMetrics serves m at GET /metrics, in Prometheus' exposition formats.
-// Like the other reads it needs no token. WithMetrics(nil) serves nothing.
+// Like the other reads it needs the token when one is set. WithMetrics(nil)
+// serves nothing.
 func WithMetrics(m *Metrics) Option { return func(o *options) { o.metrics = m } }
 
 // NewHandler returns the admin handler for c. It is safe for concurrent use.
@@ -77,21 +124,21 @@ func NewHandler(c Controller, opts ...Option) (http.Handler, error) {
 		opt(&o)
 	}
 	o.setDefaults()
-	h := &handler{c: c, o: o}
+	h := &handler{c: c, o: o, polls: make(chan struct{}, o.longPolls)}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", h.status)
-	mux.HandleFunc("GET /ready", h.ready)
-	mux.HandleFunc("POST /offline", h.offline)
-	mux.HandleFunc("GET /wait", h.wait)
+	mux.Handle("GET /status", h.guard(http.HandlerFunc(h.status)))
+	mux.HandleFunc("GET /ready", h.ready) // open: see the package doc
+	mux.Handle("POST /offline", h.guard(http.HandlerFunc(h.offline)))
+	mux.Handle("GET /wait", h.guard(http.HandlerFunc(h.wait)))
 	if o.metrics != nil {
-		mux.Handle("GET /metrics", o.metrics.handler)
+		mux.Handle("GET /metrics", h.guard(o.metrics.handler))
 	}
 	return mux, nil
 }
 
 // CheckAddr refuses an address that is not loopback unless a token
 // protects the endpoint, so that nobody off the host can take the instance
-// offline.
+// offline or read its status.
 func CheckAddr(addr string, hasToken bool) error {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -112,8 +159,9 @@ func isLoopback(host string) bool {
 }
 
 type handler struct {
-	c Controller
-	o options
+	c     Controller
+	o     options
+	polls chan struct{} // a slot per /wait long-poll held; capacity o.longPolls
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request) {
@@ -131,11 +179,6 @@ func (h *handler) ready(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) offline(w http.ResponseWriter, r *http.Request) {
-	if !h.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="lameduck"`)
-		http.Error(w, "admin: missing or wrong bearer token", http.StatusUnauthorized)
-		return
-	}
 	h.c.Start()
 	writeJSON(w, http.StatusAccepted, h.c.Status())
 }
@@ -167,10 +210,55 @@ func (h *handler) wait(w http.ResponseWriter, r *http.Request) {
 		timeout = d
 	}
 	timeout = min(timeout, h.o.maxWait)
+	if st := h.c.Status(); st.Phase >= phase {
+		// Nothing to wait for, so no slot to take.
+		writeJSON(w, http.StatusOK, WaitResult{Reached: true, Status: st})
+		return
+	}
+	select {
+	case h.polls <- struct{}{}:
+		defer func() { <-h.polls }()
+	default:
+		h.busy(w)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 	err := h.c.WaitPhase(ctx, phase)
 	writeJSON(w, http.StatusOK, WaitResult{Reached: err == nil, Status: h.c.Status()})
+}
+
+// busy refuses a long-poll beyond the cap: 429 with Retry-After (RFC 6585
+// section 4, RFC 9110 section 10.2.3) and a one-line JSON error. The
+// connection is closed after the answer, giving its slot under Serve's
+// connection cap back at once.
+func (h *handler) busy(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(retryAfter/time.Second)))
+	w.Header().Set("Connection", "close")
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusTooManyRequests)
+	msg := fmt.Sprintf("admin: every long-poll slot (%d) is taken; retry after %v", cap(h.polls), retryAfter)
+	_ = json.NewEncoder(w).Encode(errorJSON{Error: msg})
+}
+
+// errorJSON is the body of a refusal in JSON.
+type errorJSON struct {
+	Error string `json:"error"`
+}
+
+// guard answers 401 to a request without the token, when one is set.
+func (h *handler) guard(next http.Handler) http.Handler {
+	if h.o.token == "" {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !h.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="lameduck"`)
+			http.Error(w, "admin: missing or wrong bearer token", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (h *handler) authorized(r *http.Request) bool {
@@ -187,22 +275,11 @@ func (h *handler) authorized(r *http.Request) bool {
 
 // RequireToken wraps h so that every request must carry
 // "Authorization: Bearer token", compared in constant time as the admin
-// endpoint's state changes are; others get 401. The token is never logged
-// or echoed. An empty token lets every request through. Use it to serve
-// metrics off loopback (CheckAddr's rule).
+// endpoint's are; others get 401. The token is never logged or echoed. An
+// empty token lets every request through. Use it to serve metrics off
+// loopback (CheckAddr's rule).
 func RequireToken(token string, h http.Handler) http.Handler {
-	if token == "" {
-		return h
-	}
-	auth := &handler{o: options{token: token}}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !auth.authorized(r) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="lameduck"`)
-			http.Error(w, "admin: missing or wrong bearer token", http.StatusUnauthorized)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
+	return (&handler{o: options{token: token}}).guard(h)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

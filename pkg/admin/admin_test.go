@@ -347,16 +347,142 @@ func TestRequireToken(t *testing.T) {
 	}
 }
 
-// TestTokenNotNeededToRead: reads stay open with a token set; only state
-// changes need it.
-func TestTokenNotNeededToRead(t *testing.T) {
+// TestTokenOnReads: with a token set, the reads need it too, all but GET
+// /ready, the readiness probe; without a token everything is open.
+func TestTokenOnReads(t *testing.T) {
 	t.Parallel()
-	c, _ := newCoordinator(t)
-	h := newHandler(t, c, WithToken(token))
-	for _, target := range []string{"/status", "/ready", "/wait?phase=Serving"} {
-		if rec := do(t, h, http.MethodGet, target, nil); rec.Code != http.StatusOK {
-			t.Errorf("GET %s without a token: want 200, got %d", target, rec.Code)
+	cases := []struct {
+		target   string
+		open     bool // answered without the token when one is set
+		withAuth int  // the answer with the token
+	}{
+		{target: "/status", withAuth: http.StatusOK},
+		{target: "/wait?phase=Serving", withAuth: http.StatusOK},
+		{target: "/metrics", withAuth: http.StatusOK},
+		{target: "/ready", open: true, withAuth: http.StatusOK},
+	}
+	for _, tc := range cases {
+		t.Run(tc.target, func(t *testing.T) {
+			t.Parallel()
+			c, _ := newCoordinator(t)
+			m, err := NewMetrics(c)
+			if err != nil {
+				t.Fatalf("NewMetrics: %v", err)
+			}
+			guarded := newHandler(t, c, WithToken(token), WithMetrics(m))
+			rec := do(t, guarded, http.MethodGet, tc.target, nil)
+			switch {
+			case tc.open && rec.Code != http.StatusOK:
+				t.Errorf("GET %s without the token: want 200 (it stays open), got %d %q", tc.target, rec.Code, rec.Body.String())
+			case !tc.open && rec.Code != http.StatusUnauthorized:
+				t.Errorf("GET %s without the token: want 401, got %d %q", tc.target, rec.Code, rec.Body.String())
+			case !tc.open && !strings.HasPrefix(rec.Header().Get("WWW-Authenticate"), "Bearer"):
+				t.Errorf("GET %s without the token: want a Bearer challenge, got %q", tc.target, rec.Header().Get("WWW-Authenticate"))
+			}
+			if rec := do(t, guarded, http.MethodGet, tc.target, bearer("nope")); !tc.open && rec.Code != http.StatusUnauthorized {
+				t.Errorf("GET %s with a wrong token: want 401, got %d", tc.target, rec.Code)
+			}
+			if rec := do(t, guarded, http.MethodGet, tc.target, bearer(token)); rec.Code != tc.withAuth {
+				t.Errorf("GET %s with the token: want %d, got %d %q", tc.target, tc.withAuth, rec.Code, rec.Body.String())
+			}
+			open := newHandler(t, c, WithMetrics(m))
+			if rec := do(t, open, http.MethodGet, tc.target, nil); rec.Code != http.StatusOK {
+				t.Errorf("GET %s with no token set: want 200, got %d", tc.target, rec.Code)
+			}
+		})
+	}
+}
+
+// heldPolls is a Controller whose WaitPhase holds each long-poll until the
+// request ends, and says on entered when one starts.
+func heldPolls() (*fakeController, chan struct{}) {
+	entered := make(chan struct{}, 16)
+	f := &fakeController{status: drain.Status{Phase: drain.Draining}}
+	f.waitPhase = func(ctx context.Context, p drain.Phase) error {
+		entered <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return f, entered
+}
+
+// TestWaitLongPollCap: beyond WithMaxLongPolls, /wait answers 429 with
+// Retry-After, a one-line JSON error and Connection: close; a slot frees
+// when a long-poll ends, and a phase already reached is answered even
+// when every slot is taken.
+func TestWaitLongPollCap(t *testing.T) {
+	t.Parallel()
+	const limit = 2
+	f, entered := heldPolls()
+	h := newHandler(t, f, WithMaxLongPolls(limit))
+	cancels := make([]context.CancelFunc, limit)
+	done := make(chan struct{}, limit)
+	for k := range limit {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancels[k] = cancel
+		req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/wait?phase=Offline&timeout=1h", nil)
+		go func() { h.ServeHTTP(httptest.NewRecorder(), req); done <- struct{}{} }()
+		select {
+		case <-entered:
+		case <-time.After(wait):
+			t.Fatalf("long-poll %d: want it held within %v, got nothing", k, wait)
 		}
+	}
+	defer func() {
+		for _, cancel := range cancels {
+			cancel()
+		}
+		for range limit - 1 { // one was ended below
+			<-done
+		}
+	}()
+
+	rec := do(t, h, http.MethodGet, "/wait?phase=Offline&timeout=1h", nil)
+	if rec.Code != http.StatusTooManyRequests {
+		t.Fatalf("GET /wait beyond the cap of %d: want 429, got %d %q", limit, rec.Code, rec.Body.String())
+	}
+	if got := rec.Header().Get("Retry-After"); got != "1" {
+		t.Errorf("Retry-After: want \"1\", got %q", got)
+	}
+	if got := rec.Header().Get("Connection"); got != "close" {
+		t.Errorf("Connection: want close, so the refused client gives its connection back, got %q", got)
+	}
+	body := rec.Body.String()
+	if strings.Count(body, "\n") != 1 || !strings.HasSuffix(body, "\n") {
+		t.Errorf("body: want one line of JSON, got %q", body)
+	}
+	if e := decode[errorJSON](t, rec); !strings.HasPrefix(e.Error, "admin: ") || !strings.Contains(e.Error, "slot (2)") {
+		t.Errorf("error: want an admin: message naming the cap of 2, got %q", e.Error)
+	}
+
+	// A phase already reached needs no slot.
+	if rec := do(t, h, http.MethodGet, "/wait?phase=Draining", nil); rec.Code != http.StatusOK || !decode[WaitResult](t, rec).Reached {
+		t.Errorf("GET /wait?phase=Draining while Draining, every slot taken: want 200 reached, got %d %q", rec.Code, rec.Body.String())
+	}
+
+	// Ending a long-poll frees its slot for the next.
+	cancels[0]()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		t.Fatalf("long-poll 0: want it ended within %v of its request, got nothing", wait)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/wait?phase=Offline&timeout=1h", nil)
+	rec = httptest.NewRecorder()
+	next := make(chan struct{})
+	go func() { h.ServeHTTP(rec, req); close(next) }()
+	select {
+	case <-entered:
+	case <-next:
+		t.Fatalf("GET /wait after a slot freed: want it held, got %d %q", rec.Code, rec.Body.String())
+	case <-time.After(wait):
+		t.Fatalf("GET /wait after a slot freed: want it held within %v, got nothing", wait)
+	}
+	cancel()
+	<-next
+	if rec.Code != http.StatusOK {
+		t.Errorf("GET /wait after a slot freed: want 200 once its request ended, got %d", rec.Code)
 	}
 }
 

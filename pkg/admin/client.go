@@ -16,6 +16,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/internal/backoff"
+	"github.com/lameduck/lameduck/internal/clock"
 )
 
 var (
@@ -70,6 +72,11 @@ func (e *kindError) Unwrap() error        { return e.err }
 // prestop hook, `lameduck offline`, `lameduck status`. It is safe for
 // concurrent use.
 //
+// When the endpoint answers 429 Too Many Requests (its long-poll cap is
+// reached) a method waits and asks again, with internal/backoff's jittered
+// delays from 1 s (the endpoint's Retry-After) up to 5 s, until it gets
+// another answer or ctx ends (Wait: or its timeout passes).
+//
 // Every method's error is one line that names the URL and what to do. Its
 // types: an error wrapping ErrNoAnswer when the connection is refused, a
 // *StatusError for a non-2xx answer, an error wrapping ErrNotLameduck for
@@ -79,6 +86,7 @@ type Client struct {
 	base  string // scheme://host[/prefix], no trailing slash
 	token string
 	hc    *http.Client
+	clk   clock.Clock // paces the retries after a 429
 }
 
 // ClientOption configures a Client.
@@ -130,7 +138,7 @@ func NewClient(baseURL string, opts ...ClientOption) (*Client, error) {
 			return nil, errors.New("admin: the admin token contains a control character (a stray newline?); remove it")
 		}
 	}
-	return &Client{base: base, token: o.token, hc: o.hc}, nil
+	return &Client{base: base, token: o.token, hc: o.hc, clk: clock.Real{}}, nil
 }
 
 const exampleURL = "http://127.0.0.1:9901"
@@ -202,14 +210,20 @@ const defaultPoll = 5 * time.Minute
 // passes first it returns Reached false with the latest status and a nil
 // error: the wait is over, not failed. When ctx ends or a poll fails it
 // returns the latest result (the zero value before any) and the error.
-// At least one poll is made, so even a tiny timeout returns a status.
+// At least one poll is made, so even a tiny timeout returns a status: if
+// the endpoint refused every poll as busy (429) until timeout passed, that
+// status is a GET /status.
 func (c *Client) Wait(ctx context.Context, p drain.Phase, timeout time.Duration) (WaitResult, error) {
 	if _, err := drain.ParsePhase(p.String()); err != nil {
 		return WaitResult{}, fmt.Errorf("admin: cannot wait for %v: %v", p, err)
 	}
 	var deadline time.Time
+	busyCtx := ctx // bounds the waits after a 429
 	if timeout > 0 {
 		deadline = time.Now().Add(timeout)
+		var cancel context.CancelFunc
+		busyCtx, cancel = context.WithDeadlineCause(ctx, deadline, errTimeoutPassed)
+		defer cancel()
 	}
 	var last WaitResult
 	for {
@@ -218,8 +232,16 @@ func (c *Client) Wait(ctx context.Context, p drain.Phase, timeout time.Duration)
 			poll = max(time.Until(deadline), time.Millisecond)
 		}
 		q := url.Values{"phase": {p.String()}, "timeout": {poll.String()}}
-		body, u, err := c.do(ctx, http.MethodGet, "/wait", q)
+		body, u, err := c.send(ctx, busyCtx, http.MethodGet, "/wait", q)
 		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, errTimeoutPassed) {
+				// Busy until the timeout passed: answer with the status.
+				st, serr := c.Status(ctx)
+				if serr != nil {
+					return last, serr
+				}
+				return WaitResult{Reached: st.Phase >= p, Status: st}, nil
+			}
 			return last, err
 		}
 		res, ok := decodeWait(body)
@@ -238,13 +260,63 @@ func (c *Client) Wait(ctx context.Context, p drain.Phase, timeout time.Duration)
 	}
 }
 
+// errTimeoutPassed is the cause of Wait's busyCtx ending at Wait's
+// timeout, told apart from the end of the caller's ctx.
+var errTimeoutPassed = errors.New("admin: the wait's timeout passed")
+
+// busyPolicy paces the requests after a 429: from the endpoint's
+// Retry-After up to 5 s.
+var busyPolicy = backoff.Policy{Initial: retryAfter, Max: 5 * time.Second}
+
 // maxBody bounds what the client reads of an answer; lameduck's JSON is a
 // few kilobytes.
 const maxBody = 1 << 20
 
-// do sends one request and returns the body of a 2xx answer, with the URL
-// it asked (for messages).
+// do sends a request and returns the body of a 2xx answer, with the URL
+// it asked (for messages). It asks again while the endpoint answers 429,
+// until ctx ends.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values) ([]byte, string, error) {
+	return c.send(ctx, ctx, method, path, q)
+}
+
+// send is do with the waits after a 429 bounded by busyCtx, which ends no
+// later than ctx. Each request runs under ctx, not busyCtx, so that a
+// long-poll the endpoint answers at busyCtx's deadline is not cut short.
+// When busyCtx ends while the endpoint is busy, the error is a
+// *backoff.GaveUpError holding the last 429's *StatusError and
+// context.Cause(busyCtx).
+func (c *Client) send(ctx, busyCtx context.Context, method, path string, q url.Values) ([]byte, string, error) {
+	var body []byte
+	var u string
+	err := backoff.Retry(busyCtx, c.clk, busyPolicy, func(context.Context) error {
+		var err error
+		body, u, err = c.once(ctx, method, path, q)
+		if err != nil && !isBusy(err) {
+			return final{err}
+		}
+		return err
+	}, nil)
+	if f, ok := err.(final); ok {
+		err = f.err
+	}
+	return body, u, err
+}
+
+// final marks an error not worth another request: any but a 429.
+type final struct{ err error }
+
+func (f final) Error() string { return f.err.Error() }
+func (f final) Unwrap() error { return f.err }
+func (final) Permanent() bool { return true }
+
+// isBusy reports whether err is the endpoint's 429 Too Many Requests.
+func isBusy(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == http.StatusTooManyRequests
+}
+
+// once sends one request; see do.
+func (c *Client) once(ctx context.Context, method, path string, q url.Values) ([]byte, string, error) {
 	u := c.base + path
 	if len(q) > 0 {
 		u += "?" + q.Encode()
@@ -269,6 +341,10 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values) ([]b
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		line, _, _ := bytes.Cut(body, []byte("\n"))
+		var e errorJSON
+		if json.Unmarshal(line, &e) == nil && e.Error != "" {
+			line = []byte(e.Error) // the endpoint's JSON refusal: its message
+		}
 		return nil, u, &StatusError{
 			Method:    method,
 			URL:       u,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/internal/clock"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -543,3 +544,162 @@ func TestClientHTTPClient(t *testing.T) {
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// busyFirst answers the first n requests as the endpoint does beyond its
+// long-poll cap (429), and the rest through next.
+func busyFirst(n int32, next http.Handler) (http.Handler, *atomic.Int32) {
+	var requests atomic.Int32
+	refuse := &handler{polls: make(chan struct{}, DefaultMaxLongPolls)}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requests.Add(1) <= n {
+			refuse.busy(w)
+			return
+		}
+		next.ServeHTTP(w, r)
+	}), &requests
+}
+
+// pending waits until f has exactly one timer armed: the client is waiting
+// out a 429.
+func pending(t *testing.T, f *clock.Fake) {
+	t.Helper()
+	deadline := time.After(wait)
+	for {
+		added := f.TimerAdded()
+		if f.Timers() == 1 {
+			return
+		}
+		select {
+		case <-added:
+		case <-deadline:
+			t.Fatalf("want the client waiting on a timer within %v, got %d timers", wait, f.Timers())
+		}
+	}
+}
+
+// TestClientRetriesBusy: each method waits out a 429, backing off from
+// the endpoint's Retry-After, and asks again.
+func TestClientRetriesBusy(t *testing.T) {
+	t.Parallel()
+	for _, call := range []string{"status", "offline", "wait"} {
+		t.Run(call, func(t *testing.T) {
+			t.Parallel()
+			c, _ := newCoordinator(t)
+			const refusals = 2
+			h, requests := busyFirst(refusals, newHandler(t, c))
+			srv := httptest.NewServer(h)
+			t.Cleanup(srv.Close)
+			cl := newClient(t, srv.URL)
+			fake := clock.NewFake(time.Unix(0, 0))
+			cl.clk = fake
+			done := make(chan error, 1)
+			go func() {
+				var err error
+				switch call {
+				case "status":
+					_, err = cl.Status(bounded(t))
+				case "offline":
+					_, err = cl.Offline(bounded(t))
+				case "wait":
+					_, err = cl.Wait(bounded(t), drain.Serving, wait)
+				}
+				done <- err
+			}()
+			for k := range refusals {
+				pending(t, fake)
+				next, _ := fake.Next()
+				delay := next.Sub(fake.Now())
+				// busyPolicy: 1s, then 2s, each ±20%.
+				lo, hi := time.Duration(float64(retryAfter<<k)*0.8), time.Duration(float64(retryAfter<<k)*1.2)
+				if delay < lo || delay > hi {
+					t.Errorf("delay after 429 number %d: want within [%v, %v], got %v", k+1, lo, hi, delay)
+				}
+				fake.Advance(delay)
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("%s after %d refusals: want success, got %v", call, refusals, err)
+				}
+			case <-time.After(wait):
+				t.Fatalf("%s: want an answer within %v of the last retry, got nothing", call, wait)
+			}
+			if n := requests.Load(); n != refusals+1 {
+				t.Errorf("requests: want %d (%d refused, then one answered), got %d", refusals+1, refusals, n)
+			}
+		})
+	}
+}
+
+// TestClientBusyUntilCtx: an endpoint that stays busy gives, once ctx
+// ends, one line naming the refusal, with ctx's error and the 429.
+func TestClientBusyUntilCtx(t *testing.T) {
+	t.Parallel()
+	h, requests := busyFirst(1<<30, http.NotFoundHandler())
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	cl := newClient(t, srv.URL)
+	fake := clock.NewFake(time.Unix(0, 0))
+	cl.clk = fake
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		_, err := cl.Wait(ctx, drain.Offline, 0)
+		done <- err
+	}()
+	pending(t, fake)
+	cancel()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(wait):
+		t.Fatalf("Wait: want it to return within %v of cancel, got nothing", wait)
+	}
+	oneLine(t, err)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait busy until cancel: want an error wrapping context.Canceled, got %v", err)
+	}
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusTooManyRequests {
+		t.Errorf("Wait busy until cancel: want a *StatusError 429 inside, got %v", err)
+	}
+	// The endpoint's JSON refusal is quoted by its message, not as JSON.
+	if msg := err.Error(); !strings.Contains(msg, "answered 429 Too Many Requests: admin: every long-poll slot (32) is taken; retry after 1s") || strings.Contains(msg, "{") {
+		t.Errorf("error: want the refusal's message, got %q", msg)
+	}
+	if n := requests.Load(); n != 1 {
+		t.Errorf("requests: want 1 before cancel, got %d", n)
+	}
+}
+
+// TestClientWaitBusyTimeout: when the endpoint refuses every poll until
+// Wait's timeout passes, Wait answers as its timeout says, with the
+// status, not an error.
+func TestClientWaitBusyTimeout(t *testing.T) {
+	t.Parallel()
+	f, entered := heldPolls()
+	h := newHandler(t, f, WithMaxLongPolls(1))
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	// Another follower holds the only slot.
+	other := newClient(t, srv.URL)
+	ctx, cancel := context.WithCancel(t.Context())
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		_, _ = other.Wait(ctx, drain.Offline, 0)
+	}()
+	t.Cleanup(func() { cancel(); <-held })
+	select {
+	case <-entered:
+	case <-time.After(wait):
+		t.Fatalf("the other follower's long-poll: want it held within %v, got nothing", wait)
+	}
+	res, err := newClient(t, srv.URL).Wait(bounded(t), drain.Offline, 50*time.Millisecond)
+	if err != nil {
+		t.Fatalf("Wait refused until its timeout: want no error, got %v", err)
+	}
+	if res.Reached || res.Status.Phase != drain.Draining {
+		t.Errorf("Wait refused until its timeout: want reached=false with phase Draining, got reached=%v phase %v", res.Reached, res.Status.Phase)
+	}
+}

@@ -34,7 +34,9 @@ const followPoll = 250 * time.Millisecond
 
 // Drain implements drain.Source. One long-poll waits for Offline, so the
 // answer arrives even if the app exits right after; a status poll beside
-// it feeds OnStatus.
+// it feeds OnStatus, and ends Drain too when it sees Offline first (the
+// long-poll may be waiting out a 429 from a busy endpoint, which the
+// Client retries within ctx).
 func (f *Follower) Drain(ctx context.Context, _ drain.Condition) error {
 	st, err := f.Client.Offline(ctx)
 	if err != nil {
@@ -46,15 +48,25 @@ func (f *Follower) Drain(ctx context.Context, _ drain.Condition) error {
 		err error
 	}
 	done := make(chan waited, 1)
+	wctx, cancel := context.WithCancel(ctx)
 	go func() {
-		res, err := f.Client.Wait(ctx, drain.Offline, 0)
+		res, err := f.Client.Wait(wctx, drain.Offline, 0)
 		done <- waited{res, err}
+	}()
+	waiting := true
+	defer func() {
+		// Leave no long-poll behind when the status poll saw Offline.
+		cancel()
+		if waiting {
+			<-done
+		}
 	}()
 	tick := time.NewTicker(followPoll)
 	defer tick.Stop()
 	for {
 		select {
 		case w := <-done:
+			waiting = false
 			if w.err != nil {
 				return w.err
 			}
@@ -63,6 +75,9 @@ func (f *Follower) Drain(ctx context.Context, _ drain.Condition) error {
 		case <-tick.C:
 			if s, err := f.Client.Status(ctx); err == nil {
 				f.seen(s)
+				if s.Phase == drain.Offline {
+					return f.outcome(s)
+				}
 			}
 		}
 	}
