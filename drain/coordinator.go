@@ -84,6 +84,9 @@ type Report struct {
 	Phases     []PhaseSpan       `json:"phases"`
 	Registries []RegistryStatus  `json:"registries"`
 	Late       int64             `json:"late"` // requests begun after the flag was set
+	// Consumers names the consumers that kept calling after the flag was
+	// set, when the source attributes requests (see ConsumerSource).
+	Consumers *LateConsumers `json:"consumers,omitempty"`
 	// Abandoned names the stop hooks still running when the deadline (or
 	// Force) ended the Stopping phase and its grace.
 	Abandoned []string `json:"abandoned,omitempty"`
@@ -102,6 +105,30 @@ type Status struct {
 	// endpoint can report the app's own result.
 	Outcome Outcome `json:"outcome,omitempty"`
 	Error   string  `json:"error,omitempty"`
+	// Consumers is who kept calling after the flag was set, from Draining
+	// on, when the source attributes requests (see ConsumerSource).
+	Consumers *LateConsumers `json:"consumers,omitempty"`
+}
+
+// TopConsumers is how many late consumers Status and Report name one by
+// one; the rest are aggregated.
+const TopConsumers = 10
+
+// ConsumerSource is a Source that attributes requests to consumers: the
+// coordinator starts its attribution as the deregistration begins and
+// marks the moment the shutdown flag is set, after which a consumer that
+// still calls is late.
+type ConsumerSource interface {
+	Source
+	Consumers() *Consumers
+}
+
+// consumers returns the source's attribution, or nil.
+func (c *Coordinator) consumers() *Consumers {
+	if cs, ok := c.o.source.(ConsumerSource); ok {
+		return cs.Consumers()
+	}
+	return nil
 }
 
 // Coordinator runs the offline protocol for one instance, once. It is safe
@@ -289,6 +316,10 @@ func (c *Coordinator) Status() Status {
 			s.Error = c.err.Error()
 		}
 	}
+	if cs := c.consumers(); cs != nil && c.phase >= Draining {
+		late := cs.Late(TopConsumers)
+		s.Consumers = &late
+	}
 	return s
 }
 
@@ -373,6 +404,10 @@ func (c *Coordinator) run(start time.Time) {
 	defer cancelReg()
 
 	c.enter(Deregistering)
+	cs := c.consumers()
+	if cs != nil {
+		cs.Start(o.clock.Now())
+	}
 	if o.lookup && len(o.regs) > 0 {
 		if err := c.lookup(regCtx); err != nil {
 			// No such instance: nothing to take out, nothing of ours to
@@ -412,6 +447,9 @@ func (c *Coordinator) run(start time.Time) {
 
 	c.enter(Draining)
 	c.t.SetDraining()
+	if cs != nil {
+		cs.Confirmed(o.clock.Now())
+	}
 	drainCtx, cancelDrain := c.until(base, stopAt)
 	now := o.clock.Now()
 	cond := Condition{Quiet: o.quiet, NotBefore: later(lastDereg, start).Add(o.minWait)}
@@ -458,6 +496,10 @@ func (c *Coordinator) finish(start time.Time, errs []error) {
 	c.report.Duration = c.o.clock.Now().Sub(start)
 	c.report.Registries = slices.Clone(c.regs)
 	c.report.Late = c.t.Stats().Late
+	if cs := c.consumers(); cs != nil {
+		late := cs.Late(TopConsumers)
+		c.report.Consumers = &late
+	}
 	c.err = err
 	c.mu.Unlock()
 	c.enter(Offline)

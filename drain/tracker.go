@@ -59,6 +59,8 @@ type Tracker struct {
 
 	clock clock.Clock // nil means the real clock
 
+	consumers Consumers
+
 	mu         sync.Mutex
 	idle       chan struct{} // closed when a counter reaches zero while draining
 	drainingCh chan struct{} // closed when the flag is set
@@ -298,6 +300,19 @@ func (t *Tracker) AfterDraining(f func()) (stop func() bool) {
 
 // InFlight returns the number of ordinary requests in flight.
 func (t *Tracker) InFlight() int64 { return int64(t.state.Load()&inflightMask) / inflightUnit }
+
+// Consumers is the tracker's attribution of requests to consumers, which
+// the coordinator starts as the deregistration begins. Middleware that can
+// name a request's consumer calls Saw when Active (pkg/httpdrain and
+// pkg/grpcdrain do).
+func (t *Tracker) Consumers() *Consumers { return &t.consumers }
+
+// Saw records a request from consumer id now, once attribution is on.
+func (t *Tracker) Saw(id string) {
+	if t.consumers.Active() {
+		t.consumers.Saw(id, t.now())
+	}
+}
 
 // LongLived returns the number of long-lived requests in flight.
 func (t *Tracker) LongLived() int64 { return t.longLived.Load() }

@@ -22,13 +22,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/internal/consumerid"
 )
 
 var (
@@ -57,6 +61,9 @@ func UnaryServerInterceptor(t *drain.Tracker, opts ...Option) (grpc.UnaryServerI
 		// goes on unchanged. End fails only on a double or unbegun End,
 		// which this code cannot make.
 		defer r.End()
+		if t.Consumers().Active() {
+			o.attribute(ctx, t)
+		}
 		if r.Draining() && o.reject {
 			return nil, status.Error(codes.Unavailable, rejectMessage)
 		}
@@ -81,6 +88,9 @@ func StreamServerInterceptor(t *drain.Tracker, opts ...Option) (grpc.StreamServe
 			r = t.BeginLongLived()
 		}
 		defer r.End()
+		if t.Consumers().Active() {
+			o.attribute(ss.Context(), t)
+		}
 		if r.Draining() && o.reject {
 			return status.Error(codes.Unavailable, rejectMessage)
 		}
@@ -147,6 +157,20 @@ type Option func(*options)
 type options struct {
 	ordinaryStream func(fullMethod string) bool
 	reject         bool
+	ids            consumerid.Resolver
+}
+
+// attribute names the call's consumer to t, which callers check
+// attributes requests (from the deregistration on; before, the check is
+// one atomic load): the peer's IP, or what WithConsumerMetadata and
+// WithTrustedProxies say.
+func (o *options) attribute(ctx context.Context, t *drain.Tracker) {
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	t.Saw(o.ids.ID(addr, func(name string) []string { return md.Get(name) }))
 }
 
 func newOptions(opts []Option) options {
@@ -173,6 +197,20 @@ func (o *options) setDefaults() {
 // ordinary.
 func WithOrdinaryStreams(f func(fullMethod string) bool) Option {
 	return func(o *options) { o.ordinaryStream = f }
+}
+
+// WithConsumerMetadata names a call's consumer, in the late traffic
+// attribution (drain.Consumers), by the value of the metadata key name
+// when the call carries it, instead of by the peer's IP.
+func WithConsumerMetadata(name string) Option {
+	return func(o *options) { o.ids.Header = name }
+}
+
+// WithTrustedProxies believes "x-forwarded-for" metadata from peers in
+// these prefixes: their calls are attributed to the rightmost forwarded
+// address that is not itself a trusted proxy.
+func WithTrustedProxies(prefixes ...netip.Prefix) Option {
+	return func(o *options) { o.ids.Trusted = prefixes }
 }
 
 // WithReject answers calls begun after the flag was set with

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
@@ -483,5 +485,36 @@ func TestGracefulStopNilServer(t *testing.T) {
 	t.Parallel()
 	if err := grpcdrain.GracefulStop(t.Context(), nil); !errors.Is(err, grpcdrain.ErrNilServer) {
 		t.Fatalf("want ErrNilServer, got %v", err)
+	}
+}
+
+// TestAttribution: calls are named by the consumer metadata key when set,
+// else by the peer's IP, once the tracker attributes requests.
+func TestAttribution(t *testing.T) {
+	t.Parallel()
+	var tr drain.Tracker
+	icpt, err := grpcdrain.UnaryServerInterceptor(&tr, grpcdrain.WithConsumerMetadata("x-client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(addr string, md metadata.MD) {
+		ctx := peer.NewContext(context.Background(), &peer.Peer{Addr: &net.TCPAddr{IP: net.ParseIP(addr), Port: 5}})
+		if md != nil {
+			ctx = metadata.NewIncomingContext(ctx, md)
+		}
+		_, _ = icpt(ctx, nil, &grpc.UnaryServerInfo{}, func(context.Context, any) (any, error) { return nil, nil })
+	}
+	call("10.0.0.1", nil) // before attribution starts
+	tr.Consumers().Start(time.Now())
+	tr.Consumers().Confirmed(time.Now())
+	call("10.0.0.7", nil)
+	call("10.0.0.8", metadata.Pairs("x-client", "billing"))
+	late := tr.Consumers().Late(10)
+	got := map[string]int64{}
+	for _, c := range late.Top {
+		got[c.ID] = c.After
+	}
+	if len(got) != 2 || got["10.0.0.7"] != 1 || got["billing"] != 1 {
+		t.Errorf("late consumers: want 10.0.0.7 and billing once each, got %v", got)
 	}
 }

@@ -21,11 +21,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/internal/consumerid"
 )
 
 var (
@@ -75,6 +77,9 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// on unchanged, with its stack trace intact; no recover is needed. End
 	// fails only on a double or unbegun End, which this code cannot make.
 	defer req.End()
+	if h.t.Consumers().Active() {
+		h.t.Saw(h.o.ids.ID(r.RemoteAddr, func(name string) []string { return r.Header[name] }))
+	}
 	if req.Draining() && h.straggler(w, r) {
 		return
 	}
@@ -151,6 +156,7 @@ type options struct {
 	reject           bool
 	retryAfter       time.Duration
 	retryAfterHeader string
+	ids              consumerid.Resolver
 }
 
 // setDefaults fills in what the options left unset and checks the rest.
@@ -174,6 +180,21 @@ func (o *options) setDefaults() error {
 // for concurrent use. A nil f restores the default.
 func WithLongLived(f func(*http.Request) bool) Option {
 	return func(o *options) { o.longLived = f }
+}
+
+// WithConsumerHeader names a request's consumer, in the late traffic
+// attribution (drain.Consumers), by the value of header name (a consumer
+// identity header) when the request carries it, instead of by its remote
+// IP. Values are cut to 64 printable bytes.
+func WithConsumerHeader(name string) Option {
+	return func(o *options) { o.ids.Header = http.CanonicalHeaderKey(name) }
+}
+
+// WithTrustedProxies believes X-Forwarded-For from remote addresses in
+// these prefixes: their requests are attributed to the rightmost forwarded
+// address that is not itself a trusted proxy.
+func WithTrustedProxies(prefixes ...netip.Prefix) Option {
+	return func(o *options) { o.ids.Trusted = prefixes }
 }
 
 // WithReject answers requests begun after the flag was set with 503 Service

@@ -302,3 +302,38 @@ func TestServerClosesConnection(t *testing.T) {
 		})
 	}
 }
+
+// TestAttribution: once the tracker attributes requests, each is named by
+// its consumer header or, without one, its remote IP; before, nothing is
+// recorded.
+func TestAttribution(t *testing.T) {
+	t.Parallel()
+	var tr drain.Tracker
+	mw, err := httpdrain.Middleware(&tr, httpdrain.WithConsumerHeader("x-client"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := mw(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	send := func(remote, client string) {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.RemoteAddr = remote
+		if client != "" {
+			r.Header.Set("X-Client", client)
+		}
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+	send("10.0.0.1:1", "") // before attribution starts
+	tr.Consumers().Start(time.Now())
+	tr.Consumers().Confirmed(time.Now())
+	send("10.0.0.7:1", "")
+	send("10.0.0.7:2", "")
+	send("10.0.0.8:1", "billing")
+	late := tr.Consumers().Late(10)
+	got := map[string]int64{}
+	for _, c := range late.Top {
+		got[c.ID] = c.After
+	}
+	if len(got) != 2 || got["10.0.0.7"] != 2 || got["billing"] != 1 {
+		t.Errorf("late consumers: want 10.0.0.7 twice and billing once, got %v", got)
+	}
+}
