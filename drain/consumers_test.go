@@ -2,7 +2,9 @@ package drain
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,5 +134,82 @@ func TestCoordinatorNamesLateConsumers(t *testing.T) {
 	}
 	if st := c.Status(); st.Consumers == nil || len(st.Consumers.Top) != 1 {
 		t.Errorf("status's late consumers: want 10.0.0.9, got %+v", st.Consumers)
+	}
+}
+
+// TestConsumerLagHoldsTheDrain: with a consumer lag, a quiet instance is
+// not drained until the lag has passed since the flag; then at once.
+func TestConsumerLagHoldsTheDrain(t *testing.T) {
+	t.Parallel()
+	f := clock.NewFake(t0)
+	const lag = 10 * time.Second
+	h := newHarness(t, f, WithBudget(30*time.Second), WithConsumerLag(lag), WithQuietWindow(250*time.Millisecond))
+	h.c.Start()
+	h.until(t, "phase Draining", isPhase(Draining))
+	waitPending(t, f, 3) // the registries' deadline, the drain's, and the lag's
+	f.Advance(lag - time.Nanosecond)
+	notYet(t, h.c.Done(), "Offline before the consumer lag has passed")
+	f.Advance(time.Nanosecond)
+	rep, err := h.wait(t)
+	if err != nil {
+		t.Fatalf("offline: want nil, got %v", err)
+	}
+	if rep.Duration != lag {
+		t.Errorf("offline took %v: want the consumer lag, %v, and not a moment more", rep.Duration, lag)
+	}
+}
+
+func TestNewRefusesBudgetBelowConsumerLag(t *testing.T) {
+	t.Parallel()
+	reg, err := memory.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(&Tracker{}, WithBudget(25*time.Second), WithConsumerLag(35*time.Second), WithRegistries(reg), WithInstance(testInstance))
+	var le *LagError
+	if !errors.As(err, &le) {
+		t.Fatalf("want a *LagError, got %v", err)
+	}
+	// 1s confirmation + 35s + 250ms quiet + 5s stop reserve.
+	if le.Need != 41250*time.Millisecond || !strings.Contains(err.Error(), "raise the budget to at least 42s") {
+		t.Errorf("want the need of 41.25s and a budget of at least 42s named, got %v", err)
+	}
+}
+
+// callingSource keeps a consumer calling until the drain is cut: its last
+// request arrives as the drain's deadline passes.
+type callingSource struct{ *Tracker }
+
+func (s callingSource) Drain(ctx context.Context, _ Condition) error {
+	s.Saw("10.0.0.7")
+	<-ctx.Done()
+	s.Saw("10.0.0.7")
+	return ctx.Err()
+}
+
+// TestForcedNamesConsumersStillCalling: a drain cut by the budget while a
+// consumer still calls says who, and the budget its lag needed.
+func TestForcedNamesConsumersStillCalling(t *testing.T) {
+	t.Parallel()
+	f := clock.NewFake(t0)
+	tr := &Tracker{clock: f}
+	c, err := New(tr, withClock(f), WithBudget(10*time.Second), WithStopReserve(2*time.Second), WithSource(callingSource{tr}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	waitPending(t, f, 2)
+	f.Advance(8 * time.Second)
+	_, err = c.Wait(t.Context())
+	var pe *PhaseError
+	if !errors.As(err, &pe) || pe.Phase != Draining || len(pe.Calling) != 1 || pe.Calling[0].ID != "10.0.0.7" {
+		t.Fatalf("want the drain cut with 10.0.0.7 still calling, got %v", err)
+	}
+	// The flag at 0s, a lag of 8s, the quiet window and the stop reserve.
+	if want := 8*time.Second + DefaultQuietWindow + 2*time.Second; pe.NeedBudget != want {
+		t.Errorf("needed budget: want %v, got %v", want, pe.NeedBudget)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "10.0.0.7 (lag 8s, 2 late requests)") || !strings.Contains(msg, "needed a budget above 10.3s") {
+		t.Errorf("error: want the consumer, its lag and the budget named, got %q", msg)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +28,12 @@ type PhaseError struct {
 	InFlight  int64
 	LongLived int64
 	Err       error
+	// Calling names the consumers still calling when Draining was cut
+	// (late consumers whose last request was within a second, or the
+	// quiet window if longer), and NeedBudget is the least budget their
+	// lag so far would have needed; both only from a ConsumerSource.
+	Calling    []ConsumerStat
+	NeedBudget time.Duration
 }
 
 func (e *PhaseError) Error() string {
@@ -34,10 +41,29 @@ func (e *PhaseError) Error() string {
 	if e.Phase == Draining || e.InFlight > 0 || e.LongLived > 0 {
 		msg += fmt.Sprintf(" with %d requests in flight and %d long-lived", e.InFlight, e.LongLived)
 	}
-	if errors.Is(e.Err, ErrDeadline) {
+	if len(e.Calling) > 0 {
+		msg += "; consumers still calling: " + describeConsumers(e.Calling, 3) +
+			fmt.Sprintf("; their lag needed a budget above %v (set the consumer lag to their cache's refresh interval)", e.NeedBudget.Round(100*time.Millisecond))
+	} else if errors.Is(e.Err, ErrDeadline) {
 		msg += "; raise the budget or shorten the slowest phase"
 	}
 	return msg
+}
+
+// describeConsumers names up to n consumers with their lag, for one line.
+func describeConsumers(cs []ConsumerStat, n int) string {
+	var b strings.Builder
+	for i, c := range cs {
+		if i == n {
+			fmt.Fprintf(&b, " and %d more", len(cs)-n)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s (lag %v, %d late requests)", c.ID, c.Lag.Round(time.Millisecond), c.After)
+	}
+	return b.String()
 }
 
 func (e *PhaseError) Unwrap() error { return e.Err }
@@ -172,9 +198,12 @@ func New(t *Tracker, opts ...Option) (*Coordinator, error) {
 	switch {
 	case o.budget < 0:
 		return nil, fmt.Errorf("drain: budget %v is negative; use a positive duration such as 30s", o.budget)
-	case o.quiet < 0, o.minWait < 0, o.stopReserve < 0, o.longLivedGrace < 0:
-		return nil, fmt.Errorf("drain: quiet window %v, min wait %v, stop reserve %v and long-lived grace %v must not be negative",
-			o.quiet, o.minWait, o.stopReserve, o.longLivedGrace)
+	case o.quiet < 0, o.minWait < 0, o.stopReserve < 0, o.longLivedGrace < 0, o.consumerLag < 0:
+		return nil, fmt.Errorf("drain: quiet window %v, min wait %v, stop reserve %v, long-lived grace %v and consumer lag %v must not be negative",
+			o.quiet, o.minWait, o.stopReserve, o.longLivedGrace, o.consumerLag)
+	}
+	if err := o.checkConsumerLag(); err != nil {
+		return nil, err
 	}
 	if need := o.stopReserve + max(o.minWait, 0) + o.quiet; need > o.budget {
 		return nil, fmt.Errorf("drain: budget %v is less than the phases' minimums %v (quiet window %v + min wait %v + stop reserve %v); raise the budget or lower one of them",
@@ -362,6 +391,69 @@ func (c *Coordinator) setReg(k int, f func(*RegistryStatus)) {
 // enough that a second signal ends the process at once.
 const hookGrace = 50 * time.Millisecond
 
+// checkConsumerLag refuses a budget that cannot hold a confirmation, the
+// consumers' lag, the quiet window and the stop reserve, naming the budget
+// that would.
+func (o *options) checkConsumerLag() error {
+	if o.consumerLag == 0 {
+		return nil
+	}
+	confirm := time.Duration(0)
+	if len(o.regs) > 0 {
+		confirm = confirmAllowance
+	}
+	need := confirm + o.consumerLag + o.quiet + o.stopReserve
+	if need <= o.budget {
+		return nil
+	}
+	return &LagError{Budget: o.budget, Need: need, Lag: o.consumerLag,
+		Detail: fmt.Sprintf("confirmation %v + consumer lag %v + quiet window %v + stop reserve %v", confirm, o.consumerLag, o.quiet, o.stopReserve)}
+}
+
+// LagError is New's refusal of a budget that cannot hold the consumers'
+// lag (WithConsumerLag). Callers whose budget is fixed elsewhere (a pod's
+// grace period) may only warn with it.
+type LagError struct {
+	Budget, Need, Lag time.Duration
+	Detail            string
+}
+
+func (e *LagError) Error() string {
+	atLeast := (e.Need + time.Second - 1).Truncate(time.Second)
+	return fmt.Sprintf("drain: budget %v cannot hold the consumers' lag: %s = %v; raise the budget to at least %v or lower the consumer lag",
+		e.Budget, e.Detail, e.Need, atLeast)
+}
+
+// stillCalling returns the late consumers whose last request was within a
+// second (or the quiet window) of now, and the least budget their lag so
+// far needed: the time to the flag, the lag, the quiet window and the
+// stop reserve.
+func stillCalling(cs *Consumers, now, start time.Time, o *options) ([]ConsumerStat, time.Duration) {
+	late := cs.Late(TopConsumers)
+	recent := now.Add(-max(o.quiet, time.Second))
+	var calling []ConsumerStat
+	lag := time.Duration(0)
+	for _, c := range late.Top {
+		if !c.Last.Before(recent) {
+			calling = append(calling, c)
+			lag = max(lag, c.Lag)
+		}
+	}
+	if late.Others != nil && !late.Others.Last.Before(recent) {
+		calling = append(calling, *late.Others)
+		lag = max(lag, late.Others.Lag)
+	}
+	if len(calling) == 0 {
+		return nil, 0
+	}
+	for i := range calling {
+		if calling[i].ID == "" {
+			calling[i].ID = fmt.Sprintf("%d others", calling[i].IDs)
+		}
+	}
+	return calling, late.Confirmed.Sub(start) + lag + o.quiet + o.stopReserve
+}
+
 // lookupShare bounds the instance lookup (WithLookup), so that a registry
 // that cannot be reached delays the offline by seconds, not by the whole
 // registry share; the removal then reports it.
@@ -383,7 +475,7 @@ func (c *Coordinator) run(start time.Time) {
 	o := &c.o
 	deadline := start.Add(o.budget)
 	stopAt := deadline.Add(-o.stopReserve)
-	share := o.quiet
+	share := o.quiet + o.consumerLag
 	if _, none := o.source.(nothing); !none {
 		share = max(share, (o.budget-o.stopReserve)/2)
 	}
@@ -397,7 +489,11 @@ func (c *Coordinator) run(start time.Time) {
 		if errors.Is(context.Cause(ctx), ErrForced) {
 			cause = ErrForced
 		}
-		errs = append(errs, &PhaseError{Phase: p, InFlight: c.t.InFlight(), LongLived: c.t.LongLived(), Err: cause})
+		pe := &PhaseError{Phase: p, InFlight: c.t.InFlight(), LongLived: c.t.LongLived(), Err: cause}
+		if cs := c.consumers(); p == Draining && cs != nil {
+			pe.Calling, pe.NeedBudget = stillCalling(cs, o.clock.Now(), start, o)
+		}
+		errs = append(errs, pe)
 	}
 
 	regCtx, cancelReg := c.until(base, regAt)
@@ -452,7 +548,7 @@ func (c *Coordinator) run(start time.Time) {
 	}
 	drainCtx, cancelDrain := c.until(base, stopAt)
 	now := o.clock.Now()
-	cond := Condition{Quiet: o.quiet, NotBefore: later(lastDereg, start).Add(o.minWait)}
+	cond := Condition{Quiet: o.quiet, NotBefore: later(later(lastDereg, start).Add(o.minWait), now.Add(o.consumerLag))}
 	if o.longLivedGrace > 0 {
 		cond.LongLivedUntil = now.Add(o.longLivedGrace)
 	}

@@ -35,6 +35,7 @@ type options struct {
 	quiet          time.Duration
 	quietSet       bool
 	minWait        time.Duration
+	consumerLag    time.Duration
 	stopReserve    time.Duration
 	stopReserveSet bool
 	longLivedGrace time.Duration
@@ -100,6 +101,23 @@ func WithQuietWindow(d time.Duration) Option {
 func WithMinWait(d time.Duration) Option {
 	return func(o *options) { o.minWait = d }
 }
+
+// WithConsumerLag says how long a consumer that caches the registry's
+// list (Spring Cloud LoadBalancer's 35s, Ribbon's 30s, a polling gateway)
+// may keep calling after the confirmation. Until d has passed since the
+// shutdown flag (set right after the confirmation), quiet alone does not
+// end the drain, so a sparse consumer is covered; after d, the drain ends
+// as soon as the instance is quiet. New refuses a budget that cannot hold
+// a confirmation, d, the quiet window and the stop reserve. The default
+// is 0: consumers that watch the registry follow the confirmation at once.
+func WithConsumerLag(d time.Duration) Option {
+	return func(o *options) { o.consumerLag = d }
+}
+
+// confirmAllowance is the least of the budget New keeps for the
+// registries' removal and confirmation when it checks that the budget
+// holds WithConsumerLag: Nacos confirms in about 0.6s, Consul in 10ms.
+const confirmAllowance = time.Second
 
 // WithStopReserve sets how much of the budget is kept for the stop hooks.
 // The default is a fifth of the budget, at most 5s.
