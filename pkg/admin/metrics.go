@@ -23,7 +23,13 @@ const (
 	MetricLateRequests   = "lameduck_late_requests_total"
 	MetricForcedStops    = "lameduck_forced_stops_total"
 	MetricConfirmLatency = "lameduck_registry_confirm_latency_seconds"
+	MetricLateConsumer   = "lameduck_late_consumer_requests"
+	MetricConsumerLag    = "lameduck_late_consumer_lag_seconds"
 )
+
+// OtherConsumers is the consumer label of the series that aggregates the
+// late consumers beyond the top drain.TopConsumers.
+const OtherConsumers = "other"
 
 // DurationBuckets are the histogram buckets, in seconds, of phase durations
 // and confirmation latencies, here and in the supervisor's metrics: from a
@@ -40,6 +46,10 @@ var (
 		"Offline protocol phase, which only moves forward: "+phaseLegend()+".", nil, nil)
 	lateDesc = prometheus.NewDesc(MetricLateRequests,
 		"Requests begun after the draining flag was set: traffic that still reached the instance after it left the registries.", nil, nil)
+	lateConsumerDesc = prometheus.NewDesc(MetricLateConsumer,
+		"Requests a consumer sent after the draining flag was set, for the top consumers by count and one \"other\" series for the rest.", []string{"consumer"}, nil)
+	consumerLagDesc = prometheus.NewDesc(MetricConsumerLag,
+		"How long after the draining flag a consumer kept sending, for the top consumers by count and one \"other\" series for the rest.", []string{"consumer"}, nil)
 )
 
 // phaseLegend lists the phases with their numbers: "0 Serving, 1 ...".
@@ -75,6 +85,13 @@ type StatusSource interface {
 //	lameduck_registry_confirm_latency_seconds{registry}
 //	                                           histogram  deregistration to confirmation (from Observe)
 //	lameduck_forced_stops_total{cause}         counter    runs cut short, cause "deadline" or "forced" (from ObserveResult)
+//	lameduck_late_consumer_requests{consumer}  gauge      late requests per consumer, at scrape time, once Draining
+//	lameduck_late_consumer_lag_seconds{consumer}
+//	                                           gauge      how long after the flag each kept sending
+//
+// The consumer label is bounded: the top drain.TopConsumers consumers by
+// late requests, and "other" for the rest, whatever number of addresses
+// called.
 //
 // The phase is one unlabelled gauge holding the phase's number rather than
 // a series per phase: phases are ordered, so `lameduck_phase >= 3` reads
@@ -153,6 +170,8 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- longLivedDesc
 	ch <- phaseDesc
 	ch <- lateDesc
+	ch <- lateConsumerDesc
+	ch <- consumerLagDesc
 	m.phaseDur.Describe(ch)
 	m.confirmLat.Describe(ch)
 	m.forced.Describe(ch)
@@ -166,6 +185,22 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(longLivedDesc, prometheus.GaugeValue, float64(s.LongLived))
 	ch <- prometheus.MustNewConstMetric(phaseDesc, prometheus.GaugeValue, float64(s.Phase))
 	ch <- prometheus.MustNewConstMetric(lateDesc, prometheus.CounterValue, float64(s.Late))
+	if s.Consumers != nil {
+		emit := func(id string, c drain.ConsumerStat) {
+			ch <- prometheus.MustNewConstMetric(lateConsumerDesc, prometheus.GaugeValue, float64(c.After), id)
+			ch <- prometheus.MustNewConstMetric(consumerLagDesc, prometheus.GaugeValue, c.Lag.Seconds(), id)
+		}
+		for _, c := range s.Consumers.Top {
+			id := c.ID
+			if id == OtherConsumers { // a consumer that calls itself "other" must not collide
+				id = "id:" + id
+			}
+			emit(id, c)
+		}
+		if o := s.Consumers.Others; o != nil {
+			emit(OtherConsumers, *o)
+		}
+	}
 	m.phaseDur.Collect(ch)
 	m.confirmLat.Collect(ch)
 	m.forced.Collect(ch)

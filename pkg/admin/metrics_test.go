@@ -351,3 +351,44 @@ func BenchmarkObserve(b *testing.B) {
 		}
 	})
 }
+
+// TestMetricsLateConsumersBounded: 10,000 distinct late consumers make at
+// most drain.TopConsumers+1 series per consumer metric, "other" summing
+// the rest, and a consumer named "other" does not collide with it.
+func TestMetricsLateConsumersBounded(t *testing.T) {
+	t.Parallel()
+	var cs drain.Consumers
+	t0 := time.Unix(1000, 0)
+	cs.Start(t0)
+	cs.Confirmed(t0)
+	cs.Saw("other", t0.Add(time.Second))
+	cs.Saw("other", t0.Add(time.Second))
+	for i := range 10000 {
+		cs.Saw(fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255), t0.Add(time.Millisecond))
+	}
+	late := cs.Late(drain.TopConsumers)
+	c := &fakeController{status: drain.Status{Phase: drain.Draining, Consumers: &late}}
+	srv := serve(t, c, WithMetrics(newMetrics(t, c)))
+	body := scrape(t, srv.URL)
+	var series, sum int
+	for line := range strings.Lines(body) {
+		if !strings.HasPrefix(line, MetricLateConsumer+"{") {
+			continue
+		}
+		series++
+		var n int
+		if _, err := fmt.Sscanf(line[strings.LastIndexByte(line, ' ')+1:], "%d", &n); err != nil {
+			t.Fatalf("series %q: %v", line, err)
+		}
+		sum += n
+	}
+	if series != drain.TopConsumers+1 {
+		t.Errorf("%s series: want %d, got %d\n%s", MetricLateConsumer, drain.TopConsumers+1, series, body)
+	}
+	if sum != 10002 {
+		t.Errorf("late requests summed over the series: want 10002, got %d", sum)
+	}
+	if !strings.Contains(body, `consumer="id:other"} 2`) || !strings.Contains(body, `consumer="other"}`) {
+		t.Errorf("want the consumer named other apart from the aggregate, got\n%s", body)
+	}
+}
