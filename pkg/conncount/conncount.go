@@ -306,6 +306,12 @@ func (e *NotIdleError) Unwrap() error { return e.Err }
 // ctx.Err(); a failed read is returned as Count returns it. It is safe to
 // call concurrently.
 func (c *Counter) WaitIdle(ctx context.Context, quiet, every time.Duration) error {
+	return c.waitIdle(ctx, quiet, every, nil)
+}
+
+// waitIdle is WaitIdle, telling saw of each request it sees arrive after
+// the call, by the remote address and arrival time.
+func (c *Counter) waitIdle(ctx context.Context, quiet, every time.Duration, saw func(netip.Addr, time.Time)) error {
 	if every <= 0 {
 		return fmt.Errorf("conncount: poll interval %v is not positive", every)
 	}
@@ -314,6 +320,7 @@ func (c *Counter) WaitIdle(ctx context.Context, quiet, every time.Duration) erro
 	}
 	busy := -1
 	w := newDrainWatch(c.clock.Now())
+	w.saw = saw
 	for {
 		s, err := c.read(ctx)
 		if err != nil {
@@ -349,7 +356,17 @@ type drainWatch struct {
 	// Connections that carried a request begun after the call at the last
 	// poll: one gone by the next ended between the two polls.
 	lateBusy map[[2]netip.AddrPort]bool
+	// saw, if not nil, is told of each request seen arriving after the
+	// call: at most one per connection and poll, when the connection's
+	// last arrival moved on by more than arrivalSlack.
+	saw     func(remote netip.Addr, at time.Time)
+	arrived map[[2]netip.AddrPort]time.Time
 }
+
+// arrivalSlack absorbs the kernel's rounding of a connection's last
+// arrival (milliseconds, in jiffies), so one request seen over several
+// polls is told once.
+const arrivalSlack = 5 * time.Millisecond
 
 func newDrainWatch(start time.Time) *drainWatch {
 	return &drainWatch{start: start, last: start}
@@ -362,6 +379,9 @@ func (w *drainWatch) observe(now time.Time, conns []row) (busy int) {
 	for _, r := range conns {
 		key := [2]netip.AddrPort{r.local, r.remote}
 		late := !r.activity || !now.Add(-r.lastRecv).Before(w.start)
+		if late && r.activity && w.saw != nil {
+			w.tell(key, now.Add(-r.lastRecv))
+		}
 		switch {
 		case r.busy():
 			busy++
@@ -386,6 +406,19 @@ func (w *drainWatch) observe(now time.Time, conns []row) (busy int) {
 	}
 	w.lateBusy = stillBusy
 	return busy
+}
+
+// tell reports a request on the connection key that arrived at, unless it
+// is the one already told.
+func (w *drainWatch) tell(key [2]netip.AddrPort, at time.Time) {
+	if prev, ok := w.arrived[key]; ok && at.Sub(prev) <= arrivalSlack {
+		return
+	}
+	if w.arrived == nil {
+		w.arrived = map[[2]netip.AddrPort]time.Time{}
+	}
+	w.arrived[key] = at
+	w.saw(key[1].Addr(), at)
 }
 
 // readSize is the size of each read(2) of a table, about 400 rows.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -37,8 +38,20 @@ type Drainer struct {
 	// when MaxWait passed with some still busy, before Drain returns.
 	OnLeft func(busy int)
 
-	left atomic.Int64
+	left      atomic.Int64
+	consumers drain.Consumers
 }
+
+// Consumers is the Drainer's attribution of late requests to consumers,
+// by the remote IPs of the connections they arrive on (sock_diag only: the
+// /proc fallback does not say when data arrived). A request is seen at
+// most once per connection and poll, so back-to-back requests on one
+// connection within a poll count as one. The coordinator starts it; the
+// Drainer sees requests only from the Draining phase on, so none count as
+// before the confirmation.
+func (d *Drainer) Consumers() *drain.Consumers { return &d.consumers }
+
+var _ drain.ConsumerSource = (*Drainer)(nil)
 
 // errMaxWait is the cause of the wait's end when MaxWait passed.
 var errMaxWait = errors.New("conncount: the connection wait passed")
@@ -95,7 +108,9 @@ func (d *Drainer) Drain(ctx context.Context, cond drain.Condition) error {
 	if every <= 0 {
 		every = DefaultPoll
 	}
-	err = c.WaitIdle(wctx, cond.Quiet, every)
+	err = c.waitIdle(wctx, cond.Quiet, every, func(ip netip.Addr, at time.Time) {
+		d.consumers.Saw(ip.Unmap().String(), at)
+	})
 	var ni *NotIdleError
 	if errors.As(err, &ni) && ctx.Err() == nil && errors.Is(context.Cause(wctx), errMaxWait) {
 		return left(ni.Conns)

@@ -112,3 +112,42 @@ func describe(conns []row) string {
 	}
 	return s
 }
+
+// TestDrainWatchTellsArrivals: a request that arrives after the call is
+// told once, by its remote IP and arrival time, however many polls see it;
+// the next request on the same connection is told again; requests from
+// before the call are not told.
+func TestDrainWatchTellsArrivals(t *testing.T) {
+	t.Parallel()
+	const ms = time.Millisecond
+	start := time.Unix(1000, 0)
+	conn := func(remote string, recv, sent time.Duration) row {
+		return row{
+			local: netip.MustParseAddrPort("127.0.0.1:8080"), remote: netip.MustParseAddrPort(remote),
+			state: stateEstablished, activity: true, lastRecv: recv, lastSent: sent,
+		}
+	}
+	type told struct {
+		ip string
+		at time.Duration
+	}
+	var got []told
+	w := newDrainWatch(start)
+	w.saw = func(ip netip.Addr, at time.Time) { got = append(got, told{ip.String(), at.Sub(start)}) }
+	polls := []struct {
+		at    time.Duration
+		conns []row
+	}{
+		{0, []row{conn("10.0.0.7:4000", 500*ms, 400*ms)}},                                              // from before the call
+		{100 * ms, []row{conn("10.0.0.7:4000", 30*ms, 500*ms), conn("10.0.0.9:5000", 10*ms, 5*ms)}},    // two arrive
+		{200 * ms, []row{conn("10.0.0.7:4000", 132*ms, 20*ms), conn("10.0.0.9:5000", 110*ms, 105*ms)}}, // same two, rounded
+		{300 * ms, []row{conn("10.0.0.7:4000", 20*ms, 120*ms)}},                                        // a second one on 10.0.0.7
+	}
+	for _, p := range polls {
+		w.observe(start.Add(p.at), p.conns)
+	}
+	want := []told{{"10.0.0.7", 70 * ms}, {"10.0.0.9", 90 * ms}, {"10.0.0.7", 280 * ms}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("arrivals told: want %v, got %v", want, got)
+	}
+}
