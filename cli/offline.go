@@ -35,8 +35,11 @@ type Result struct {
 	// OpenConns counts the connections on prestop's --port still carrying
 	// requests when --conn-wait ended the wait; the app's own shutdown after
 	// SIGTERM ends them.
-	OpenConns int    `json:"open_conns,omitempty"`
-	Error     string `json:"error,omitempty"`
+	OpenConns int `json:"open_conns,omitempty"`
+	// Consumers names the consumers that kept calling after the flag
+	// (the app's, with --admin; the port's connections, in plain prestop).
+	Consumers *drain.LateConsumers `json:"consumers,omitempty"`
+	Error     string               `json:"error,omitempty"`
 }
 
 type registryResult struct {
@@ -58,6 +61,8 @@ func offlineFlags() []ucli.Flag {
 		&ucli.StringFlag{Name: "admin", Usage: "the instance's lameduck admin endpoint, e.g. http://10.0.0.5:9901, to follow its drain"},
 		&ucli.StringFlag{Name: "admin-token", Usage: "bearer token for the admin endpoint", EnvVars: []string{EnvAdminToken}},
 		&ucli.DurationFlag{Name: "budget", Value: 30 * time.Second, Usage: "the one deadline for the whole offline"},
+		&ucli.DurationFlag{Name: "consumer-lag", Usage: "how long consumers that cache the registry (Spring Cloud LoadBalancer: 35s) may keep " +
+			"calling after the confirmation: until then quiet alone does not end the drain"},
 		&ucli.StringFlag{Name: "output", Value: "text", Usage: "text (progress on a terminal) or json (one result object)"},
 	)
 }
@@ -114,6 +119,12 @@ type offlineJob struct {
 	json       bool
 	wait       bool
 	pid        int
+	// consumerLag holds the drain for consumers with a cached view
+	// (drain.WithConsumerLag). With lagFits, a budget too short for it is
+	// a warning and the lag is cut to what fits (prestop: the pod spec
+	// fixes the budget); otherwise it is refused.
+	consumerLag time.Duration
+	lagFits     bool
 	// conns, when set, drains the app's port's connections (plain
 	// prestop) in the Draining phase.
 	conns *conncount.Drainer
@@ -133,6 +144,9 @@ func checkJobFlags(c *ucli.Context) error {
 	}
 	if budget := c.Duration("budget"); budget <= 0 {
 		return badInput("--budget %v: want a positive duration such as 30s", budget)
+	}
+	if lag := c.Duration("consumer-lag"); lag < 0 {
+		return badInput("--consumer-lag %v: want a duration of 0 or more, such as 35s", lag)
 	}
 	if u := c.String("admin"); u != "" {
 		if _, err := admin.NewClient(u, admin.WithClientToken(c.String("admin-token"))); err != nil {
@@ -163,12 +177,13 @@ func parseOfflineJob(c *ucli.Context) (*offlineJob, error) {
 		return nil, badInput("give --id or --addr to name the instance of %q", service)
 	}
 	job := &offlineJob{
-		inst:       inst,
-		disable:    c.Bool("disable"),
-		budget:     budget,
-		adminURL:   c.String("admin"),
-		adminToken: c.String("admin-token"),
-		json:       c.String("output") == "json",
+		inst:        inst,
+		disable:     c.Bool("disable"),
+		budget:      budget,
+		adminURL:    c.String("admin"),
+		adminToken:  c.String("admin-token"),
+		json:        c.String("output") == "json",
+		consumerLag: c.Duration("consumer-lag"),
 	}
 	regs, err := openRegistries(c)
 	if err != nil {
@@ -282,7 +297,11 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 			return badInput("--admin: %v", err)
 		}
 		follower = &admin.Follower{Client: cl, OnStatus: func(st drain.Status) {
-			progress.say(st.Phase.String(), fmt.Sprintf("the app: %d in flight, %d long-lived, %d late", st.InFlight, st.LongLived, st.Late))
+			line := fmt.Sprintf("the app: %d in flight, %d long-lived, %d late", st.InFlight, st.LongLived, st.Late)
+			if calling := stillCallingLine(st.Consumers, time.Now()); calling != "" {
+				line += "; " + calling
+			}
+			progress.say(st.Phase.String(), line)
 		}}
 		sources = append(sources, follower)
 	}
@@ -310,12 +329,24 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 	if job.disable {
 		opts = append(opts, drain.WithDisable())
 	}
+	if job.consumerLag > 0 {
+		opts = append(opts, drain.WithConsumerLag(job.consumerLag))
+	}
 	if job.pid != 0 {
 		opts = append(opts, drain.WithStopHook(fmt.Sprintf("SIGTERM to pid %d", job.pid), func(context.Context) error {
 			return terminate(job.pid)
 		}))
 	}
 	coord, err := drain.New(&drain.Tracker{}, opts...)
+	var lagErr *drain.LagError
+	if errors.As(err, &lagErr) && job.lagFits {
+		// The pod spec fixes prestop's budget: hold consumers as long as
+		// it allows, and say which number to raise.
+		fits := max(0, lagErr.Lag-(lagErr.Need-lagErr.Budget))
+		progress.warn(fmt.Sprintf("warning: %v; holding consumers for %v instead", lagErr, fits.Round(time.Millisecond)))
+		opts = append(opts, drain.WithConsumerLag(fits))
+		coord, err = drain.New(&drain.Tracker{}, opts...)
+	}
 	if err != nil {
 		return badInput("%v", err)
 	}
@@ -335,9 +366,10 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 	for _, r := range rep.Registries {
 		res.Registries = append(res.Registries, registryResult{Name: r.Name, State: r.State, ConfirmLatencyMS: r.ConfirmLatency.Milliseconds(), Error: r.Error, Servers: r.Servers})
 	}
+	res.Consumers = rep.Consumers
 	if follower != nil {
 		st := follower.Last()
-		res.AdminPhase, res.LateRequests = st.Phase.String(), st.Late
+		res.AdminPhase, res.LateRequests, res.Consumers = st.Phase.String(), st.Late, st.Consumers
 	}
 	if job.conns != nil {
 		res.OpenConns = job.conns.Left()
@@ -443,12 +475,62 @@ func (p *progress) say(phase, detail string) {
 	}
 }
 
+// warn prints a line that --output json does not silence, on stderr's
+// behalf: progress writes to the command's output, so a warning goes to
+// the same place unless the output is JSON, where it goes to os.Stderr.
+func (p *progress) warn(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.quiet {
+		fmt.Fprintln(os.Stderr, "lameduck: "+line)
+		return
+	}
+	if p.tty && p.last != "" {
+		fmt.Fprintln(p.w)
+		p.last = ""
+	}
+	fmt.Fprintln(p.w, line)
+}
+
 func (p *progress) done() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.tty && p.last != "" {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// stillCallingLine says which late consumers still call, for the live
+// progress line: "2 consumers still calling: 10.0.0.7 (last 120ms ago),
+// 10.0.0.9 (last 2.1s ago)". A consumer counts while its last request is
+// under 5s old; "" when none does.
+func stillCallingLine(lc *drain.LateConsumers, now time.Time) string {
+	if lc == nil {
+		return ""
+	}
+	all := lc.Top
+	if lc.Others != nil {
+		o := *lc.Others
+		o.ID = fmt.Sprintf("%d others", o.IDs)
+		all = append(all[:len(all):len(all)], o)
+	}
+	var names []string
+	for _, c := range all {
+		if ago := now.Sub(c.Last); ago < 5*time.Second {
+			names = append(names, fmt.Sprintf("%s (last %v ago)", c.ID, ago.Round(time.Millisecond)))
+		}
+	}
+	n := len(names)
+	switch n {
+	case 0:
+		return ""
+	case 1:
+		return "1 consumer still calling: " + names[0]
+	}
+	if n > 3 {
+		names = append(names[:3], fmt.Sprintf("and %d more", n-3))
+	}
+	return fmt.Sprintf("%d consumers still calling: %s", n, strings.Join(names, ", "))
 }
 
 // viewProgress says what one server of a clustered registry did.

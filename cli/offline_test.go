@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/lameduck/lameduck/drain"
 )
 
 func TestOfflineBadInput(t *testing.T) {
@@ -109,4 +112,28 @@ func TestOfflinePidNeedsStop(t *testing.T) {
 		t.Fatalf("want exit code %d, got %d\nstdout: %q\nstderr: %q", ExitBadInput, code, stdout, stderr)
 	}
 	checkOneLine(t, stdout, stderr, "only used with --stop")
+}
+
+func TestStillCallingLine(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1000, 0)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	lc := &drain.LateConsumers{
+		Top: []drain.ConsumerStat{
+			{ID: "10.0.0.7", Last: ago(120 * time.Millisecond)},
+			{ID: "10.0.0.9", Last: ago(2100 * time.Millisecond)},
+			{ID: "10.0.0.5", Last: ago(9 * time.Second)}, // stopped
+		},
+	}
+	if got, want := stillCallingLine(lc, now), "2 consumers still calling: 10.0.0.7 (last 120ms ago), 10.0.0.9 (last 2.1s ago)"; got != want {
+		t.Errorf("line:\n got %q\nwant %q", got, want)
+	}
+	lc.Top = append(lc.Top, drain.ConsumerStat{ID: "a", Last: now}, drain.ConsumerStat{ID: "b", Last: now})
+	lc.Others = &drain.ConsumerStat{IDs: 40, Last: now}
+	if got, want := stillCallingLine(lc, now), "5 consumers still calling: 10.0.0.7 (last 120ms ago), 10.0.0.9 (last 2.1s ago), a (last 0s ago), and 2 more"; got != want {
+		t.Errorf("line:\n got %q\nwant %q", got, want)
+	}
+	if got := stillCallingLine(nil, now); got != "" {
+		t.Errorf("no consumers: want an empty line, got %q", got)
+	}
 }

@@ -93,6 +93,7 @@ func prestopCommand() *ucli.Command {
 				return err
 			}
 			job.wait = true
+			job.lagFits = true
 			job.quiet = c.Duration("quiet")
 			job.conns = &conncount.Drainer{Counter: counter, MaxWait: connWait, Bounded: hasConnWait}
 			return runOfflineJob(c, job)
@@ -112,6 +113,9 @@ func prestopAdminOnly(c *ucli.Context) error {
 		adminToken: c.String("admin-token"),
 		json:       c.String("output") == "json",
 		wait:       true,
+	}
+	if c.IsSet("consumer-lag") {
+		return badInput("--consumer-lag is for plain mode (--port); an app that links lameduck sets its own (lameduck.WithDrain(drain.WithConsumerLag(d)))")
 	}
 	return runOfflineJob(c, job)
 }
