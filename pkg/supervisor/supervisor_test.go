@@ -184,7 +184,7 @@ func TestStartFailureCountsTowardIntensity(t *testing.T) {
 	for _, e := range events {
 		kinds = append(kinds, e.Kind.String())
 	}
-	if got, want := strings.Join(kinds, " "), "backoff gave-up"; got != want {
+	if got, want := strings.Join(kinds, " "), "cgroup backoff gave-up"; got != want {
 		t.Fatalf("want events %q, got %q", want, got)
 	}
 }
