@@ -91,6 +91,7 @@ type harnessOpts struct {
 	standby     bool        // a second port: Spec.StandbyPort, {port} in the args and the check
 	realClock   bool        // the real clock, for tests driven by recycling's ticks
 	onEvent     func(Event) // called synchronously from the hook, first
+	spec        func(*Spec) // changes the spec last
 	supervisorO []Option
 }
 
@@ -137,6 +138,9 @@ func newHarness(t *testing.T, ho harnessOpts) *harness {
 		spec.Ready = ho.ready(h)
 	} else {
 		spec.Ready = check
+	}
+	if ho.spec != nil {
+		ho.spec(&spec)
 	}
 	hook := func(e Event) {
 		if ho.onEvent != nil {
