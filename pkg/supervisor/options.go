@@ -234,10 +234,12 @@ func WithRecycle(after time.Duration, rss uint64) Option {
 // SIGKILL of the supervisor leaves them running there, and only there.
 //
 // The reaper takes the exit status of every zombie child of the process
-// that this package did not start, and the end of the last Run kills every
-// such child still running. So use it only in a program that starts no
-// child processes of its own, as lameduck run; an os/exec.Cmd of the host
-// program could see its child reaped before its Wait, or killed.
+// that this package did not start and that is not in the process's own
+// process group, and the end of the last Run kills every such child still
+// running. The host program's own children, which os/exec starts in the
+// host's group unless told otherwise, are left alone; one it starts with
+// Setpgid or Setsid could be reaped before its Wait, or killed. So use it
+// in a program that starts no such children, as lameduck run.
 func WithSubreaper() Option {
 	return func(o *options) { o.subreaper = true }
 }

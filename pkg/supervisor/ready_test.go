@@ -70,7 +70,7 @@ func TestReadyTimeoutGivesUp(t *testing.T) {
 			kills++
 		case EventExited:
 			var ee *ExitError
-			if !errors.As(e.Err, &ee) || !errors.Is(e.Err, ErrReadyTimeout) || !strings.Contains(e.Err.Error(), "not ready within 10s; last check: not yet") {
+			if !errors.As(e.Err, &ee) || !errors.Is(e.Err, ErrReadyTimeout) || !strings.Contains(e.Err.Error(), "not ready within 10s (last check: not yet), killed by signal 9") {
 				t.Fatalf("want an *ExitError wrapping ErrReadyTimeout with the last check's error, got %v", e.Err)
 			}
 		case EventRegistered:

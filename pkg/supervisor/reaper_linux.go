@@ -134,9 +134,12 @@ sweeping:
 }
 
 // sweep reaps every zombie child of the process that this package is not
-// tracking: orphans adopted as subreaper. With kill it also sends SIGKILL
-// to every such child still alive. It returns how many untracked children
-// it found (reaped or killed).
+// tracking and that is outside the process's own process group: orphans
+// adopted as subreaper, from the children's trees, which all start in
+// process groups of their own. The host program's own children, started in
+// its group as os/exec does by default, are left to their Wait. With kill
+// it also sends SIGKILL to every such child still alive. It returns how
+// many it found (reaped or killed).
 func sweep(kill bool) int {
 	reaper.forking.Lock()
 	defer reaper.forking.Unlock()
@@ -144,11 +147,11 @@ func sweep(kill bool) int {
 	if err != nil {
 		return 0
 	}
-	me := os.Getpid()
+	me, group := os.Getpid(), syscall.Getpgrp()
 	found := 0
 	for _, p := range procs {
 		st, err := p.Stat()
-		if err != nil || st.PPID != me {
+		if err != nil || st.PPID != me || st.PGRP == group {
 			continue
 		}
 		reaper.mu.Lock()

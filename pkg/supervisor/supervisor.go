@@ -172,11 +172,24 @@ func (e *ExitError) Unwrap() error { return e.Cause }
 
 // ErrReadyTimeout is wrapped by the Cause of an *ExitError for a copy that
 // did not pass Spec.Ready within the ready timeout (WithReadyTimeout).
-var ErrReadyTimeout = errors.New("supervisor: ready timeout passed")
+var ErrReadyTimeout = errors.New("supervisor: not ready within the ready timeout")
+
+// readyTimeoutError is why a copy was killed before it became ready.
+type readyTimeoutError struct {
+	after time.Duration
+	last  error // the last check's error
+}
+
+func (e *readyTimeoutError) Error() string {
+	return fmt.Sprintf("supervisor: not ready within %v; last check: %v", e.after, e.last)
+}
+
+func (e *readyTimeoutError) Is(target error) bool { return target == ErrReadyTimeout }
+func (e *readyTimeoutError) Unwrap() error        { return e.last }
 
 func (e *ExitError) Error() string {
 	if e.Signal != 0 {
-		return fmt.Sprintf("supervisor: child %d %s by %v", e.PID, e.Reason, e.Signal)
+		return fmt.Sprintf("supervisor: child %d %s by signal %d (%v)", e.PID, e.Reason, int(e.Signal), e.Signal)
 	}
 	return fmt.Sprintf("supervisor: child %d %s with code %d", e.PID, e.Reason, e.Code)
 }
@@ -323,11 +336,12 @@ func (s *Supervisor) exited(p *proc, reason error) error {
 	case c.err != nil:
 		exitErr = fmt.Errorf("supervisor: wait for child %d: %w", c.pid, c.err)
 	case reason != nil:
-		why := "liveness failed"
-		if errors.Is(reason, ErrReadyTimeout) {
-			why = "not ready in time"
+		why := "liveness failed (" + reason.Error() + "), killed"
+		var rt *readyTimeoutError
+		if errors.As(reason, &rt) {
+			why = fmt.Sprintf("not ready within %v (last check: %v), killed", rt.after, rt.last)
 		}
-		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: why + " (" + reason.Error() + "), killed", Cause: reason}
+		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: why, Cause: reason}
 	case sig != 0:
 		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: "killed"}
 	case code != 0:
@@ -390,7 +404,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, p *proc) error {
 		var cancel context.CancelCauseFunc
 		rctx, cancel = context.WithCancelCause(ctx)
 		defer cancel(nil)
-		t := s.o.clock.AfterFunc(d, func() { cancel(fmt.Errorf("%w: not ready within %v", ErrReadyTimeout, d)) })
+		t := s.o.clock.AfterFunc(d, func() { cancel(ErrReadyTimeout) })
 		defer t.Stop()
 	}
 	policy := s.o.readyPolicy()
@@ -404,7 +418,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, p *proc) error {
 			if last == nil {
 				last = err
 			}
-			return readyErr(ctx, rctx, last)
+			return s.readyErr(ctx, last)
 		}
 		last = err
 		d := policy.Delay(attempt)
@@ -413,7 +427,7 @@ func (s *Supervisor) awaitReady(ctx context.Context, p *proc) error {
 		select {
 		case <-rctx.Done():
 			t.Stop()
-			return readyErr(ctx, rctx, last)
+			return s.readyErr(ctx, last)
 		case <-t.C():
 		}
 	}
@@ -421,11 +435,11 @@ func (s *Supervisor) awaitReady(ctx context.Context, p *proc) error {
 
 // readyErr is awaitReady's error once rctx has ended: ctx's own error, or
 // the ready timeout with the last check's error.
-func readyErr(ctx, rctx context.Context, last error) error {
+func (s *Supervisor) readyErr(ctx context.Context, last error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return fmt.Errorf("%w; last check: %v", context.Cause(rctx), last)
+	return &readyTimeoutError{after: s.o.readyTimeout, last: last}
 }
 
 // check calls f with a context that ends after the check timeout.
