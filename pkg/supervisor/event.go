@@ -29,7 +29,7 @@ const (
 	EventPromoted                       // the warm standby (or a recycle's replacement) on Event.Port is registered in place of the active copy
 	EventRecycling                      // the copy on Event.Port passed its age or memory limit (Event.Err says which); its replacement is on the way
 	EventRecycled                       // a recycled copy is offline and stopped (Event.Err if its offline was not clean)
-	EventCgroup                         // at Run's start, Event.Cgroup is the cgroup the children's cgroups go under; with Event.Err, there is none (see WithSubreaper), or a child's cgroup (Event.PID) would not empty
+	EventCgroup                         // Event.Cgroup is the Run's cgroup, the children's go under it (at Run's start); with Event.Err: there is none, or the kernel refused one (cgroups are off from then on; see WithSubreaper), or a cgroup (Event.Cgroup, a child's when Event.PID is set) would not empty
 	EventOutputHeld                     // the child exited 0, but a descendant that left its process group held its output open (Event.Err); not a failure
 )
 

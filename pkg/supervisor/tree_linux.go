@@ -147,14 +147,14 @@ func (t *tree) start(build func() *exec.Cmd, held func(dir string, add bool), fa
 }
 
 // child makes a cgroup for the next child and opens it for clone3; dir is
-// "" when the tree has no cgroup.
+// "" when the tree has no cgroup, or gave up on cgroups.
 func (t *tree) child() (dir string, fd int, err error) {
 	if t == nil {
 		return "", -1, nil
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.dir == "" {
+	if t.dir == "" || t.err != nil {
 		return "", -1, nil
 	}
 	t.next++
@@ -171,8 +171,8 @@ func (t *tree) child() (dir string, fd int, err error) {
 }
 
 // giveUp turns cgroups off for the rest of the Run; the Run's cgroup stays
-// until close, for the children already in it. It reports whether this
-// call turned them off.
+// until Run's end, for the children already in it. It reports whether
+// this call turned them off.
 func (t *tree) giveUp(err error) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()

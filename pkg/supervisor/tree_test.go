@@ -489,3 +489,28 @@ func TestEmptyCgroup(t *testing.T) {
 		})
 	}
 }
+
+// A cgroup the kernel will not start a child in (here a plain directory
+// posing as one) turns cgroups off for the Run, says why, and the child
+// starts without one.
+func TestRefusedCgroupFallsBack(t *testing.T) {
+	t.Parallel()
+	parent := t.TempDir()
+	h := newHarness(t, harnessOpts{supervisorO: []Option{withCgroupParent(parent)}})
+	h.run()
+	if e := h.next(EventCgroup); e.Err != nil || filepath.Dir(e.Cgroup) != parent {
+		t.Fatalf("want the Run's cgroup made under %s, got %q (err %v)", parent, e.Cgroup, e.Err)
+	}
+	refused := h.nextOf(EventCgroup, EventStarted)
+	if refused.Kind != EventCgroup || refused.Err == nil || !strings.Contains(refused.Err.Error(), "the kernel refused to start a child in cgroup") {
+		t.Fatalf("want EventCgroup saying the kernel refused the cgroup before the start, got %v (err %v)", refused.Kind, refused.Err)
+	}
+	started := h.next(EventStarted)
+	h.next(EventRegistered)
+	if got := cgroupOf(t, started.PID); got != cgroupOf(t, os.Getpid()) {
+		t.Errorf("want the child in the supervisor's own cgroup %s, got %s", cgroupOf(t, os.Getpid()), got)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatalf("want Run to end cleanly without cgroups, got %v", err)
+	}
+}
