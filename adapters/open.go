@@ -47,6 +47,15 @@ const (
 	EnvNacosPassword = "NACOS_PASSWORD"
 )
 
+// SecretEnv names the environment variables whose values are registry
+// secrets that lameduck reads: the Credentials' own, and CONSUL_HTTP_AUTH,
+// which Consul's SDK reads by itself. Variables that only point at a
+// secret (CONSUL_HTTP_TOKEN_FILE, CONSUL_CLIENT_KEY) are not listed.
+// `lameduck run` keeps them from the child it supervises.
+func SecretEnv() []string {
+	return []string{EnvConsulToken, consul.EnvHTTPAuth, EnvNacosUsername, EnvNacosPassword}
+}
+
 // CredentialsFromEnv returns the Credentials the environment variables
 // hold; unset ones are empty.
 func CredentialsFromEnv() Credentials {

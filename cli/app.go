@@ -27,6 +27,12 @@ const (
 	EnvAdminToken = "LAMEDUCK_ADMIN_TOKEN"
 )
 
+// secretEnv names every environment variable whose value is a secret
+// lameduck reads: the registries' (adapters.SecretEnv) and the admin
+// token. `lameduck run` keeps them from its children unless --pass-env
+// names them.
+func secretEnv() []string { return append(adapters.SecretEnv(), EnvAdminToken) }
+
 // DefaultRegistry is the demo's embedded registry.
 const DefaultRegistry = "memory://?push-delay=200ms"
 

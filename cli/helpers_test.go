@@ -6,8 +6,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/lameduck/lameduck/adapters"
 )
 
 // TestMain clears the environment variables the commands read, so that a
@@ -16,7 +14,7 @@ import (
 // being unset can still run in parallel. Child processes inherit the
 // cleared environment.
 func TestMain(m *testing.M) {
-	for _, name := range []string{EnvRegistry, adapters.EnvConsulToken, adapters.EnvNacosUsername, adapters.EnvNacosPassword, EnvAdminToken, EnvPodIP} {
+	for _, name := range append(secretEnv(), EnvRegistry, EnvPodIP) {
 		os.Unsetenv(name)
 	}
 	os.Exit(m.Run())

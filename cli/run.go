@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,6 +52,11 @@ func runCommand() *ucli.Command {
 			"The programs run side by side: one that gives up leaves the others running, and SIGTERM takes\n" +
 			"them all offline at once. The exit code is the worst of theirs once all have ended.\n\n" +
 			"--metrics ADDR serves Prometheus metrics at /metrics (loopback, or any address with --admin-token).\n\n" +
+			"A copy not ready --ready-timeout after its start is killed, as a failed start. The child gets\n" +
+			"lameduck's environment without the secrets lameduck reads:\n" +
+			"  " + strings.Join(secretEnv(), ", ") + "\n" +
+			"--pass-env NAME passes one all the same. Everything the child starts stays in its cgroup (where a\n" +
+			"cgroup v2 hierarchy is writable; lameduck is also a subreaper) and is killed with it, setsid or not.\n\n" +
 			exitCodesHelp(),
 		Flags: append(registryFlags(""),
 			&ucli.StringFlag{Name: "config", Usage: "YAML file of programs to supervise, instead of -- COMMAND (see examples/run-config.yaml)"},
@@ -59,6 +65,8 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "addr", Value: "127.0.0.1", Usage: "the address consumers reach the child at", EnvVars: []string{EnvPodIP}},
 			&ucli.StringFlag{Name: "id", Usage: "instance ID (default SERVICE-ADDR-PORT)"},
 			&ucli.StringFlag{Name: "ready", Usage: "readiness URL, such as http://127.0.0.1:{port}/healthz; registered only once it answers 2xx (default: once the port accepts connections)"},
+			&ucli.DurationFlag{Name: "ready-timeout", Value: 5 * time.Minute,
+				Usage: "kill a copy not ready this long after its start, as a failed start: too many in a row and run gives up (0: wait forever)"},
 			&ucli.StringFlag{Name: "live", Usage: "liveness URL; the child is restarted when it keeps failing"},
 			&ucli.DurationFlag{Name: "budget", Value: 30 * time.Second, Usage: "the one deadline for taking the child offline"},
 			&ucli.DurationFlag{Name: "conn-wait", DefaultText: "until the deadline",
@@ -69,6 +77,7 @@ func runCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "standby-id", Usage: "the second copy's instance ID (default SERVICE-ADDR-STANDBYPORT, or ID-STANDBYPORT with --id)"},
 			&ucli.DurationFlag{Name: "recycle-after", Usage: "replace a copy once it has run this long, such as 24h (0: no age limit)"},
 			&ucli.StringFlag{Name: "recycle-rss", Usage: "replace a copy once its resident memory passes this size, such as 512MiB or 1GiB (0: no limit)"},
+			&ucli.StringSliceFlag{Name: "pass-env", Usage: "let the child inherit this secret variable, such as " + adapters.EnvConsulToken + " (repeat for several; it gets every other variable anyway)"},
 			&ucli.StringFlag{Name: "metrics", Usage: "serve Prometheus metrics at http://ADDR/metrics, such as 127.0.0.1:9464"},
 			&ucli.StringFlag{Name: "admin-token", Usage: "bearer token /metrics then requires; lets --metrics bind a non-loopback address", EnvVars: []string{EnvAdminToken}},
 		),
@@ -89,19 +98,18 @@ func runAction(c *ucli.Context) error {
 		}
 		for _, f := range programFlags {
 			if c.IsSet(f) {
-				return badInput("--%s is set per program in the config file; with --config the command line gives only registries, credentials, --addr, --budget, --conn-wait and --metrics", f)
+				return badInput("--%s is set per program in the config file; with --config the command line gives only registries, credentials, --addr, --budget, --conn-wait, --ready-timeout, --pass-env and --metrics", f)
 			}
 		}
-		if c.Duration("budget") <= 0 {
-			return badInput("--budget %v: want a positive duration such as 30s", c.Duration("budget"))
-		}
-		if c.Duration("conn-wait") < 0 {
-			return badInput("--conn-wait %v: want a duration of 0 or more, such as 250ms (0: no wait for connections)", c.Duration("conn-wait"))
-		}
-		rf, err := loadRunConfig(path, programConfig{
+		def := programConfig{
 			Addr: c.String("addr"), Budget: c.Duration("budget"),
 			ConnWait: c.Duration("conn-wait"), ConnWaitSet: c.IsSet("conn-wait"),
-		})
+			ReadyTimeout: c.Duration("ready-timeout"), PassEnv: c.StringSlice("pass-env"),
+		}
+		if err := def.checkDefaults(); err != nil {
+			return err
+		}
+		rf, err := loadRunConfig(path, def)
 		if err != nil {
 			return err
 		}
@@ -129,9 +137,10 @@ func runAction(c *ucli.Context) error {
 	if err != nil {
 		return err
 	}
+	events := newEventLog(slog.Default(), nil)
 	sups := make([]*supervisor.Supervisor, len(progs))
 	for i, p := range progs {
-		sup, err := newSupervisor(c, p, regs, metrics)
+		sup, err := newSupervisor(c, p, regs, metrics, events)
 		if err != nil {
 			if single {
 				return badInput("%v", err)
@@ -165,6 +174,7 @@ func programFromFlags(c *ucli.Context) (programConfig, error) {
 		Name: filepath.Base(argv[0]), Command: argv,
 		Service: c.String("service"), Addr: c.String("addr"), Port: c.Int("port"), ID: c.String("id"),
 		Ready: c.String("ready"), Live: c.String("live"), Budget: c.Duration("budget"),
+		ReadyTimeout: c.Duration("ready-timeout"), PassEnv: c.StringSlice("pass-env"),
 		ConnWait: c.Duration("conn-wait"), ConnWaitSet: c.IsSet("conn-wait"),
 		Standby: c.Bool("standby"), StandbyPort: c.Int("standby-port"), StandbyID: c.String("standby-id"),
 		RecycleAfter: c.Duration("recycle-after"),
@@ -209,9 +219,9 @@ func openRunRegistries(c *ucli.Context, rf *runFile) ([]adapters.Registry, error
 }
 
 // newSupervisor builds the supervisor of one program.
-func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, metrics *supervisor.Metrics) (*supervisor.Supervisor, error) {
+func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, metrics *supervisor.Metrics, events *eventLog) (*supervisor.Supervisor, error) {
 	spec := supervisor.Spec{
-		Name: p.Name, Path: p.Command[0], Args: p.Command[1:], Env: p.Env, Dir: p.Dir,
+		Name: p.Name, Path: p.Command[0], Args: p.Command[1:], Env: p.Env, DropEnv: p.dropEnv(), Dir: p.Dir,
 		Instance: p.instance(), Ready: tcpReady,
 		StandbyPort: p.StandbyPort, StandbyID: p.StandbyID,
 	}
@@ -227,14 +237,17 @@ func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, m
 	if p.Live != "" {
 		spec.Live = probe.HTTP(p.Live)
 	}
-	log := slog.Default()
 	opts := []supervisor.Option{
 		supervisor.WithBudget(p.Budget),
 		supervisor.WithOutput(c.App.Writer, c.App.ErrWriter),
 		supervisor.WithEventHook(func(e supervisor.Event) {
 			metrics.Observe(e)
-			logEvent(log, e)
+			events.event(e)
 		}),
+		// lameduck run starts no processes but its children: the
+		// subreaper may reap and kill every orphan it adopts.
+		supervisor.WithSubreaper(),
+		supervisor.WithReadyTimeout(p.ReadyTimeout),
 	}
 	if p.ConnWaitSet {
 		opts = append(opts, supervisor.WithConnWait(p.ConnWait))
@@ -339,7 +352,11 @@ func severity(code int) int {
 // logEvent writes one slog line per supervisor event. Errors in events
 // hold no credentials: registry errors never include them, and check URLs
 // with user info are refused.
-func logEvent(log *slog.Logger, e supervisor.Event) {
+func logEvent(log *slog.Logger, e supervisor.Event) { logEventRepeats(log, e, 0) }
+
+// logEventRepeats is logEvent for a line that also stands for repeats
+// identical lines not logged (see eventLog).
+func logEventRepeats(log *slog.Logger, e supervisor.Event, repeats int) {
 	attrs := []any{"child", e.Name}
 	if e.Port != 0 {
 		attrs = append(attrs, "port", e.Port)
@@ -373,15 +390,21 @@ func logEvent(log *slog.Logger, e supervisor.Event) {
 	case e.Delay > 0:
 		attrs = append(attrs, "delay", e.Delay)
 	}
+	if e.Kind == supervisor.EventCgroup && e.Cgroup != "" {
+		attrs = append(attrs, "cgroup", e.Cgroup)
+	}
 	if e.Err != nil {
 		attrs = append(attrs, "err", e.Err)
+	}
+	if repeats > 0 {
+		attrs = append(attrs, "repeats", repeats)
 	}
 	level := slog.LevelInfo
 	switch {
 	case e.Kind == supervisor.EventGaveUp:
 		level = slog.LevelError
 	case e.Kind == supervisor.EventNotReady:
-		// Expected while a copy starts; it repeats every check interval.
+		// Expected while a copy starts; eventLog keeps its repeats down.
 	case e.Err != nil, e.Drain != nil && e.Drain.Err != nil:
 		level = slog.LevelWarn
 	}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -23,8 +24,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/procfs"
 	ucli "github.com/urfave/cli/v2"
 
+	"github.com/lameduck/lameduck/adapters"
 	"github.com/lameduck/lameduck/pkg/supervisor"
 )
 
@@ -141,6 +144,8 @@ func TestRunFlagsBadInput(t *testing.T) {
 		{"ready not http", with("--ready", "tcp://127.0.0.1:8080"), `--ready "tcp://127.0.0.1:8080": want an http:// or https:// URL such as http://127.0.0.1:{port}/healthz`},
 		{"ready with credentials", with("--ready", "http://u:"+secret+"@127.0.0.1:8080/"), `--ready "http://***@127.0.0.1:8080/": carries credentials`},
 		{"live one port for two copies", with("--standby", "--live", "http://127.0.0.1:9999/healthz"), "--live \"http://127.0.0.1:9999/healthz\": names neither the program's port nor {port}"},
+		{"negative ready-timeout", with("--ready-timeout", "-1s"), "--ready-timeout -1s: want a duration of 0 or more, such as 5m (0: wait for readiness forever)"},
+		{"pass-env not a secret", with("--pass-env", "PATH"), "--pass-env PATH: is not a variable lameduck keeps from the child, which inherits every other one anyway; pass-env takes CONSUL_HTTP_TOKEN"},
 		{"metrics not host:port", with("--metrics", "9464"), `--metrics: admin: address "9464" is not host:port`},
 		{"bad addr", append([]string{"--addr", ""}, with()...), "--addr \"\": instance of \"web\" has an empty address"},
 	})
@@ -611,5 +616,143 @@ func TestRunLogEvent(t *testing.T) {
 	got := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if !slices.Equal(got, want) {
 		t.Errorf("want log lines\n%s\ngot\n%s", strings.Join(want, "\n"), strings.Join(got, "\n"))
+	}
+}
+
+// runBinary starts the built lameduck with args and extra environment
+// variables; its stdout and stderr go to one watchBuffer. Cleanup kills it.
+func runBinary(t *testing.T, lameduck string, env []string, args ...string) (*exec.Cmd, *watchBuffer, chan error) {
+	t.Helper()
+	cmd := exec.Command(lameduck, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out := newWatchBuffer()
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+		done <- nil
+	})
+	return cmd, out, done
+}
+
+// exitOf waits (at most timeout) for the process to exit and returns its
+// exit code.
+func exitOf(t *testing.T, done chan error, out *watchBuffer, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case err := <-done:
+		done <- err
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(timeout):
+		t.Fatalf("want lameduck to exit within %v; output:\n%s", timeout, out.String())
+		return 0
+	}
+}
+
+// The child of lameduck run holds none of the secrets lameduck reads, but
+// the one --pass-env names; and no secret shows in lameduck's output.
+func TestRunChildGetsNoSecrets(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two binaries")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	lameduck, child := build(t, dir, "lameduck", "./lameduck"), build(t, dir, "child", "../pkg/supervisor/testdata/child")
+	port := strconv.Itoa(freePort(t))
+	envFile := filepath.Join(dir, "env")
+	secrets := map[string]string{}
+	var env []string
+	for _, name := range secretEnv() {
+		secrets[name] = "s3cret-" + strings.ToLower(name)
+		env = append(env, name+"="+secrets[name])
+	}
+	cmd, out, done := runBinary(t, lameduck, env, "run", "--registry", "memory://", "--service", "web", "--port", port,
+		"--pass-env", adapters.EnvNacosUsername, "--", child, "-addr", "127.0.0.1:"+port, "-env-out", envFile)
+	out.waitFor(t, regexp.MustCompile(`lameduck run: registered`), 30*time.Second)
+	b, err := os.ReadFile(envFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	childEnv := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for name, value := range secrets {
+		passed := slices.Contains(childEnv, name+"="+value)
+		if want := name == adapters.EnvNacosUsername; passed != want {
+			t.Errorf("%s in the child's environment: want %v (--pass-env %s), got %v", name, want, adapters.EnvNacosUsername, passed)
+		}
+		if slices.ContainsFunc(childEnv, func(kv string) bool { return strings.HasPrefix(kv, name+"=") && kv != name+"="+value }) {
+			t.Errorf("want %s absent or passed as is, got another value in the child's environment", name)
+		}
+	}
+	if !slices.Contains(childEnv, "LAMEDUCK_PORT="+port) {
+		t.Errorf("want LAMEDUCK_PORT=%s in the child's environment, got %q", port, childEnv)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := exitOf(t, done, out, 30*time.Second); code != 0 {
+		t.Fatalf("want exit 0 after SIGTERM, got %d:\n%s", code, out.String())
+	}
+	if strings.Contains(out.String(), "s3cret") {
+		t.Errorf("want no secret in lameduck's output, got:\n%s", out.String())
+	}
+}
+
+// The issue's case: a grandchild that called setsid and holds the child's
+// stdout. SIGTERM of lameduck run exits 0, and the grandchild is gone.
+func TestRunBinarySetsidGrandchild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two binaries")
+	}
+	t.Parallel()
+	dir := t.TempDir()
+	lameduck, child := build(t, dir, "lameduck", "./lameduck"), build(t, dir, "child", "../pkg/supervisor/testdata/child")
+	port := strconv.Itoa(freePort(t))
+	cmd, out, done := runBinary(t, lameduck, nil, "run", "--registry", "memory://", "--service", "web", "--port", port,
+		"--", child, "-addr", "127.0.0.1:"+port, "-grandchild")
+	m := out.waitFor(t, regexp.MustCompile(`\[child\] grandchild pid (\d+)`), 30*time.Second)
+	out.waitFor(t, regexp.MustCompile(`lameduck run: registered`), 30*time.Second)
+	pid, _ := strconv.Atoi(m[1])
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if now, err := p.Stat(); err == nil && now.Starttime == st.Starttime {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := exitOf(t, done, out, 30*time.Second); code != 0 {
+		t.Fatalf("want exit 0 after SIGTERM with a setsid grandchild holding the child's stdout, got %d:\n%s", code, out.String())
+	}
+	// Killed before lameduck exited, it may still await its reaper (init).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		now, err := p.Stat()
+		if err != nil || now.Starttime != st.Starttime || now.State == "Z" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("want the setsid grandchild %d gone after lameduck run exited, got state %s; output:\n%s", pid, now.State, out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

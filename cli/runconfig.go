@@ -37,12 +37,14 @@ type programConfig struct {
 	StandbyID    string
 	RecycleAfter time.Duration
 	RecycleRSS   uint64
-	Ready, Live  string // check URLs; "" means the default (TCP connect) and none
+	Ready, Live  string        // check URLs; "" means the default (TCP connect) and none
+	ReadyTimeout time.Duration // 0: wait for readiness forever
 	Budget       time.Duration
 	ConnWait     time.Duration // with ConnWaitSet: the most the offline waits for connections to close
 	ConnWaitSet  bool          // false: the wait lasts until the deadline
 	Command      []string      // argv; Command[0] is the program
 	Env          []string      // KEY=VALUE, added to lameduck's environment
+	PassEnv      []string      // secret variables (secretEnv) the child may inherit all the same
 	Dir          string
 
 	// From a config file: the line of each key's value, and of the
@@ -96,6 +98,13 @@ func (p *programConfig) finish() error {
 		return &fieldError{key: "conn-wait", value: p.ConnWait.String(), msg: "want a duration of 0 or more, such as 250ms (0: no wait for connections)"}
 	case p.RecycleAfter < 0:
 		return &fieldError{key: "recycle-after", value: p.RecycleAfter.String(), msg: "want a positive duration such as 24h, or 0 for no age limit"}
+	case p.ReadyTimeout < 0:
+		return &fieldError{key: "ready-timeout", value: p.ReadyTimeout.String(), msg: readyTimeoutWant}
+	}
+	for _, name := range p.PassEnv {
+		if !slices.Contains(secretEnv(), name) {
+			return &fieldError{key: "pass-env", value: name, msg: passEnvWant}
+		}
 	}
 	if !p.needsStandbyPort() {
 		if p.StandbyPort != 0 {
@@ -144,6 +153,35 @@ func (p *programConfig) finish() error {
 		return &fieldError{key: "addr", value: strconv.Quote(p.Addr), msg: strings.TrimPrefix(err.Error(), "registry: ")}
 	}
 	return nil
+}
+
+// checkDefaults checks the command line's defaults for a --config file's
+// programs, as flags.
+func (p *programConfig) checkDefaults() error {
+	switch {
+	case p.Budget <= 0:
+		return badInput("--budget %v: want a positive duration such as 30s", p.Budget)
+	case p.ConnWait < 0:
+		return badInput("--conn-wait %v: want a duration of 0 or more, such as 250ms (0: no wait for connections)", p.ConnWait)
+	case p.ReadyTimeout < 0:
+		return badInput("--ready-timeout %v: %s", p.ReadyTimeout, readyTimeoutWant)
+	}
+	for _, name := range p.PassEnv {
+		if !slices.Contains(secretEnv(), name) {
+			return badInput("--pass-env %s: %s", name, passEnvWant)
+		}
+	}
+	return nil
+}
+
+const readyTimeoutWant = "want a duration of 0 or more, such as 5m (0: wait for readiness forever)"
+
+var passEnvWant = "is not a variable lameduck keeps from the child, which inherits every other one anyway; pass-env takes " + strings.Join(secretEnv(), ", ")
+
+// dropEnv is what the child must not inherit: every secret variable but
+// those the program passes.
+func (p *programConfig) dropEnv() []string {
+	return slices.DeleteFunc(secretEnv(), func(name string) bool { return slices.Contains(p.PassEnv, name) })
 }
 
 // checkURL checks a readiness or liveness URL and writes {port} in place of
@@ -246,6 +284,7 @@ type programYAML struct {
 	Port         port    `yaml:"port"`
 	ID           text    `yaml:"id"`
 	Ready        text    `yaml:"ready"`
+	ReadyTimeout text    `yaml:"ready-timeout"`
 	Live         text    `yaml:"live"`
 	Budget       text    `yaml:"budget"`
 	ConnWait     text    `yaml:"conn-wait"`
@@ -256,6 +295,7 @@ type programYAML struct {
 	RecycleRSS   size    `yaml:"recycle-rss"`
 	Command      command `yaml:"command"`
 	Env          env     `yaml:"env"`
+	PassEnv      names   `yaml:"pass-env"`
 	Dir          text    `yaml:"dir"`
 }
 
@@ -530,6 +570,7 @@ func (at *programAt) config(file string, y programYAML, def programConfig) (prog
 	name := at.name.Value
 	p := programConfig{
 		Name: name, Service: name, Addr: def.Addr, Budget: def.Budget, ConnWait: def.ConnWait, ConnWaitSet: def.ConnWaitSet,
+		ReadyTimeout: def.ReadyTimeout, PassEnv: def.PassEnv,
 		Port: int(y.Port), ID: string(y.ID), Ready: string(y.Ready), Live: string(y.Live),
 		Standby: bool(y.Standby), StandbyPort: int(y.StandbyPort), StandbyID: string(y.StandbyID),
 		RecycleRSS: uint64(y.RecycleRSS), Command: y.Command, Env: y.Env, Dir: string(y.Dir),
@@ -542,6 +583,9 @@ func (at *programAt) config(file string, y programYAML, def programConfig) (prog
 	if written("addr") {
 		p.Addr = string(y.Addr)
 	}
+	if written("pass-env") {
+		p.PassEnv = y.PassEnv
+	}
 	const positive = "want a positive duration such as 30s or 24h"
 	for _, d := range []struct {
 		key    string
@@ -553,6 +597,7 @@ func (at *programAt) config(file string, y programYAML, def programConfig) (prog
 		{"budget", y.Budget, &p.Budget, false, positive},
 		{"recycle-after", y.RecycleAfter, &p.RecycleAfter, true, positive},
 		{"conn-wait", y.ConnWait, &p.ConnWait, true, "want a duration of 0 or more, such as 250ms (0: no wait for connections)"},
+		{"ready-timeout", y.ReadyTimeout, &p.ReadyTimeout, true, readyTimeoutWant},
 	} {
 		if !written(d.key) {
 			continue
@@ -733,6 +778,27 @@ func (e *env) UnmarshalYAML(n *yaml.Node) error {
 			value = ""
 		}
 		*e = append(*e, k.Value+"="+value)
+	}
+	return nil
+}
+
+// names is a list of environment variable names, such as pass-env's.
+type names []string
+
+func (ns *names) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.SequenceNode {
+		return valueErr(n, "is a %s; want a list of variable names such as [CONSUL_HTTP_TOKEN]", kindName(n))
+	}
+	for i, item := range n.Content {
+		item = resolve(item)
+		s, err := scalar(item)
+		switch {
+		case err != nil:
+			return valueErr(n, "item %d %v", i+1, err)
+		case s == "" || strings.ContainsAny(s, "=\x00"):
+			return valueErr(n, "item %d: want a variable name, without '=' (pass-env passes the value lameduck has)", i+1)
+		}
+		*ns = append(*ns, s)
 	}
 	return nil
 }

@@ -39,6 +39,7 @@ func TestRunConfigExample(t *testing.T) {
 		{"web standby-id", web.StandbyID, "web-127.0.0.1-8081"},
 		{"web ready", web.Ready, "http://127.0.0.1:{port}/healthz"},
 		{"web live", web.Live, "http://127.0.0.1:{port}/healthz"},
+		{"web ready-timeout", web.ReadyTimeout, 2 * time.Minute},
 		{"web recycle-after", web.RecycleAfter, 24 * time.Hour},
 		{"web recycle-rss", web.RecycleRSS, uint64(1 << 30)},
 		{"web budget", web.Budget, 25 * time.Second},
@@ -89,6 +90,29 @@ programs:
 	}
 }
 
+// --ready-timeout and --pass-env on the command line are every program's
+// defaults; a program's keys override them.
+func TestRunConfigReadyTimeoutAndPassEnv(t *testing.T) {
+	t.Parallel()
+	const yaml = "programs:\n  web:\n    port: 8080\n    command: [./web]\n  api:\n    port: 9000\n    ready-timeout: \"0\"\n    pass-env: [NACOS_PASSWORD]\n    command: [./api]\n"
+	def := configDefaults
+	def.ReadyTimeout, def.PassEnv = time.Minute, []string{"CONSUL_HTTP_TOKEN"}
+	rf, err := parseRunConfig("run.yaml", []byte(yaml), def)
+	if err != nil {
+		t.Fatalf("want it to parse, got %v", err)
+	}
+	web, api := rf.programs[0], rf.programs[1]
+	if web.ReadyTimeout != time.Minute || !slices.Equal(web.PassEnv, []string{"CONSUL_HTTP_TOKEN"}) {
+		t.Errorf("web: want the command line's ready-timeout 1m and pass-env [CONSUL_HTTP_TOKEN], got %v and %v", web.ReadyTimeout, web.PassEnv)
+	}
+	if api.ReadyTimeout != 0 || !slices.Equal(api.PassEnv, []string{"NACOS_PASSWORD"}) {
+		t.Errorf("api: want its own ready-timeout 0 and pass-env [NACOS_PASSWORD], got %v and %v", api.ReadyTimeout, api.PassEnv)
+	}
+	if got, want := api.dropEnv(), []string{"CONSUL_HTTP_TOKEN", "CONSUL_HTTP_AUTH", "NACOS_USERNAME", "LAMEDUCK_ADMIN_TOKEN"}; !slices.Equal(got, want) {
+		t.Errorf("api: want the child kept from %v, got %v", want, got)
+	}
+}
+
 // --conn-wait on the command line is every program's default; a program's
 // conn-wait key overrides it, 0 included (no wait).
 func TestRunConfigConnWait(t *testing.T) {
@@ -132,7 +156,7 @@ func TestRunConfigErrors(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"unknown key", "programs:\n  web:\n    port: 8080\n    command: [./web]\n\n\n    retsart: always\n",
-			`web.yaml:7: unknown key "retsart" in program "web"; valid keys: addr, budget, command, conn-wait, dir, env, id, live, port, ready, recycle-after, recycle-rss, service, standby, standby-id, standby-port`},
+			`web.yaml:7: unknown key "retsart" in program "web"; valid keys: addr, budget, command, conn-wait, dir, env, id, live, pass-env, port, ready, ready-timeout, recycle-after, recycle-rss, service, standby, standby-id, standby-port`},
 		{"typo suggestion", head + "    comand: [x]\n", `web.yaml:5: unknown key "comand" in program "web" (did you mean "command"?)`},
 		{"swapped letters", head + "    stnadby: true\n", `(did you mean "standby"?)`},
 		{"unknown top key", "registry: [memory://]\n" + head, `web.yaml:1: unknown key "registry" at the top level (did you mean "registries"?); valid keys: programs, registries`},
@@ -157,6 +181,10 @@ func TestRunConfigErrors(t *testing.T) {
 		{"negative conn-wait", head + "    conn-wait: -250ms\n", `web.yaml:5: program "web": conn-wait "-250ms": want a duration of 0 or more, such as 250ms`},
 		{"conn-wait not a duration", head + "    conn-wait: 250\n", `web.yaml:5: program "web": conn-wait "250": want a duration of 0 or more`},
 		{"conn-wait a list", head + "    conn-wait: [1s]\n", `web.yaml:5: program "web": conn-wait is a list; want a single value`},
+		{"negative ready-timeout", head + "    ready-timeout: -1s\n", `web.yaml:5: program "web": ready-timeout "-1s": want a duration of 0 or more, such as 5m (0: wait for readiness forever)`},
+		{"pass-env not a secret", head + "    pass-env: [PATH]\n", `web.yaml:5: program "web": pass-env PATH: is not a variable lameduck keeps from the child, which inherits every other one anyway; pass-env takes CONSUL_HTTP_TOKEN, CONSUL_HTTP_AUTH, NACOS_USERNAME, NACOS_PASSWORD, LAMEDUCK_ADMIN_TOKEN`},
+		{"pass-env a single value", head + "    pass-env: CONSUL_HTTP_TOKEN\n", `web.yaml:5: program "web": pass-env is a single value; want a list of variable names such as [CONSUL_HTTP_TOKEN]`},
+		{"pass-env bad name", head + "    pass-env: [\"A=" + secret + "\"]\n", `web.yaml:5: program "web": pass-env item 1: want a variable name, without '='`},
 		{"bad size", head + "    recycle-rss: 512M\n", `web.yaml:5: program "web": recycle-rss "512M" is not a size; want one such as 512MiB, 1GiB, 300MB or a number of bytes`},
 		{"standby not a bool", head + "    standby: yes\n", `web.yaml:5: program "web": standby yes: want true or false`},
 		{"standby-port alone", head + "    standby-port: 9000\n", `web.yaml:5: program "web": standby-port 9000: is only used with standby, recycle-after or recycle-rss`},
@@ -291,6 +319,8 @@ func TestRunConfigBadInput(t *testing.T) {
 		{"config and standby", []string{"--registry", "memory://", "--config", good, "--standby"}, "--standby is set per program"},
 		{"config budget", []string{"--registry", "memory://", "--config", good, "--budget", "0s"}, "--budget 0s"},
 		{"config negative conn-wait", []string{"--registry", "memory://", "--config", good, "--conn-wait", "-1s"}, "--conn-wait -1s: want a duration of 0 or more"},
+		{"config negative ready-timeout", []string{"--registry", "memory://", "--config", good, "--ready-timeout", "-1s"}, "--ready-timeout -1s: want a duration of 0 or more, such as 5m"},
+		{"config pass-env not a secret", []string{"--registry", "memory://", "--config", good, "--pass-env", "HOME"}, "--pass-env HOME: is not a variable lameduck keeps from the child"},
 		{"registry URL in file", []string{"--config", badReg}, "run.yaml:3: registries: adapters: registry URL"},
 		{"no registry anywhere", []string{"--config", noReg}, "or list registries: in"},
 	})

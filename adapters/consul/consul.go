@@ -29,6 +29,7 @@ import (
 const (
 	EnvHTTPAddr  = api.HTTPAddrEnvName  // CONSUL_HTTP_ADDR
 	EnvHTTPToken = api.HTTPTokenEnvName // CONSUL_HTTP_TOKEN
+	EnvHTTPAuth  = api.HTTPAuthEnvName  // CONSUL_HTTP_AUTH: user:password for HTTP basic auth, read by the SDK itself
 )
 
 // client is the part of the Consul SDK the backend uses, so unit tests can

@@ -29,12 +29,14 @@ const (
 	EventPromoted                       // the warm standby (or a recycle's replacement) on Event.Port is registered in place of the active copy
 	EventRecycling                      // the copy on Event.Port passed its age or memory limit (Event.Err says which); its replacement is on the way
 	EventRecycled                       // a recycled copy is offline and stopped (Event.Err if its offline was not clean)
+	EventCgroup                         // Event.Cgroup is the Run's cgroup, the children's go under it (at Run's start); with Event.Err: there is none, or the kernel refused one (cgroups are off from then on; see WithSubreaper), or a cgroup (Event.Cgroup, a child's when Event.PID is set) would not empty
+	EventOutputHeld                     // the child exited 0, but a descendant that left its process group held its output open (Event.Err); not a failure
 )
 
 var eventNames = [...]string{
 	"started", "not-ready", "ready", "registered", "registry-retry", "unhealthy", "signaled",
 	"exited", "deregistered", "backoff", "restarted", "gave-up", "conns-busy", "drain",
-	"promoted", "recycling", "recycled",
+	"promoted", "recycling", "recycled", "cgroup", "output-held",
 }
 
 func (k EventKind) String() string {
@@ -60,5 +62,6 @@ type Event struct {
 	Delay    time.Duration  // EventNotReady, EventBackoff, EventRegistryRetry
 	Failures float64        // EventBackoff, EventGaveUp: decayed failure count; EventUnhealthy: failures in a row
 	Drain    *drain.Event   // EventDrain
+	Cgroup   string         // EventCgroup: the directory of the cgroup
 	Err      error
 }

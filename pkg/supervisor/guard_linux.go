@@ -1,4 +1,4 @@
-// Linux only: the guard backs up Pdeathsig (process_linux.go) and runs /proc/self/exe.
+// Linux only: the guard backs up Pdeathsig (process_linux.go) and cgroups (tree_linux.go), and runs /proc/self/exe.
 
 package supervisor
 
@@ -25,7 +25,9 @@ func init() {
 	// Stay alive through a terminal's signals and a SIGTERM to
 	// everything: only end of file, or SIGKILL, ends the guard.
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	guardLoop(os.NewFile(guardFD, "supervisor-guard"), syscall.Kill)
+	guardLoop(os.NewFile(guardFD, "supervisor-guard"), syscall.Kill, func(dir string) error {
+		return emptyCgroup(dir, cgroupEmptyTimeout)
+	})
 	os.Exit(0)
 }
 
@@ -45,7 +47,7 @@ func startGuard() *guard {
 		// Stdin, Stdout and Stderr are /dev/null: the guard holds no
 		// terminal and no pipe that someone reads to its end.
 	}
-	err = cmd.Start()
+	err = startTracked(cmd)
 	r.Close()
 	if err != nil {
 		w.Close()

@@ -5,12 +5,9 @@
 package supervisor
 
 import (
-	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -20,141 +17,63 @@ import (
 	"time"
 )
 
-// guardHostEnv makes the test binary a supervising process for
-// TestGuardKillsGrandchildrenAfterSupervisorSIGKILL; its value is the test
-// child's path.
-const guardHostEnv = "SUPERVISOR_TEST_GUARD_HOST"
-
-func init() {
-	if child := os.Getenv(guardHostEnv); child != "" {
-		os.Exit(guardHost(child))
-	}
-}
-
-// guardHost supervises a shell that forks a grandchild into its group and
-// then becomes the test child. It prints "guard PID" once the child has
-// started and runs until it is killed.
-func guardHost(child string) int {
-	_ = os.Unsetenv(guardHostEnv)
-	var s *Supervisor
-	s, err := New(Spec{
-		Name: "web",
-		Path: "/bin/sh",
-		Args: []string{"-c", "sleep 300 & exec " + child + " -addr=127.0.0.1:0"},
-	}, WithOutput(os.Stdout, os.Stderr), WithEventHook(func(e Event) {
-		if e.Kind == EventStarted {
-			pid := 0
-			if s.guard != nil {
-				pid = s.guard.cmd.Process.Pid
-			}
-			fmt.Printf("guard %d\n", pid)
-		}
-	}))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	// The child serves until killed, so Run returns only if it failed.
-	err = s.Run(context.Background())
-	fmt.Fprintf(os.Stderr, "Run returned: %v\n", err)
-	return 1
-}
-
 func TestGuardLoop(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name string
-		in   string
-		want []int // the process groups killed, sorted
+		name    string
+		in      string
+		want    []int    // the process groups killed, sorted
+		cgroups []string // the cgroups emptied, in order
 	}{
-		{"nothing held", "", nil},
-		{"held groups", "+100\n+200\n", []int{100, 200}},
-		{"removed group", "+100\n+200\n-100\n", []int{200}},
-		{"reused group ID", "+100\n-100\n+100\n", []int{100}},
-		{"removal of an unknown group", "-100\n+200\n", []int{200}},
-		{"last line without newline", "+100\n+200", []int{100, 200}},
+		{"nothing held", "", nil, nil},
+		{"held groups", "+100\n+200\n", []int{100, 200}, nil},
+		{"removed group", "+100\n+200\n-100\n", []int{200}, nil},
+		{"reused group ID", "+100\n-100\n+100\n", []int{100}, nil},
+		{"removal of an unknown group", "-100\n+200\n", []int{200}, nil},
+		{"last line without newline", "+100\n+200", []int{100, 200}, nil},
 		// kill(-1) is every process, kill(0) the guard's own group.
-		{"garbage", "+abc\n+1\n+0\n+-5\n100\n*100\n+\n\n+300\n", []int{300}},
+		{"garbage", "+abc\n+1\n+0\n+-5\n100\n*100\n+\n\n+300\n", []int{300}, nil},
+		// The Run's cgroup first: it takes its children's with it.
+		{"cgroups", "+/cg/run\n+/cg/run/child-1\n+100\n+/cg/run/child-2\n-/cg/run/child-1\n", []int{100}, []string{"/cg/run", "/cg/run/child-2"}},
+		{"removed cgroups", "+/cg/run\n+/cg/run/child-1\n-/cg/run/child-1\n-/cg/run\n", nil, nil},
+		// Never the root of the hierarchy, nor a path that is not clean.
+		{"bad cgroup paths", "+/\n+/cg/../x\n+/cg//x\n+/cg/x/\n+cg/x\n+/cg/ok\n", nil, []string{"/cg/ok"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			var got []int
+			var emptied []string
 			guardLoop(strings.NewReader(tc.in), func(pid int, sig syscall.Signal) error {
 				if sig != syscall.SIGKILL {
 					t.Errorf("kill(%d): want SIGKILL, got %v", pid, sig)
 				}
 				got = append(got, -pid)
 				return nil
+			}, func(dir string) error {
+				emptied = append(emptied, dir)
+				return nil
 			})
 			slices.Sort(got)
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("input %q: want process groups %v killed, got %v", tc.in, tc.want, got)
 			}
+			if !slices.Equal(emptied, tc.cgroups) {
+				t.Errorf("input %q: want cgroups %q emptied, got %q", tc.in, tc.cgroups, emptied)
+			}
 		})
 	}
 }
 
-// A supervisor killed with SIGKILL leaves nothing behind: its child dies by
-// its parent-death signal, and the guard kills the grandchild the child
-// forked into its group.
+// A supervisor killed with SIGKILL leaves nothing behind without a cgroup
+// either, if nothing called setsid: its child dies by its parent-death
+// signal, and the guard kills the grandchild the child forked into its
+// group.
 func TestGuardKillsGrandchildrenAfterSupervisorSIGKILL(t *testing.T) {
 	t.Parallel()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := exec.Command(exe)
-	host.Env = append(os.Environ(), guardHostEnv+"="+childBin)
-	stderr := &syncBuffer{}
-	host.Stderr = stderr
-	stdout, err := host.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := host.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 100)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-	var pgid, guardPID int
-	t.Cleanup(func() { // leave nothing behind, whatever failed
-		_ = host.Process.Kill()
-		if pgid > 0 {
-			_ = syscall.Kill(-pgid, syscall.SIGKILL)
-		}
-		if guardPID > 0 {
-			_ = syscall.Kill(guardPID, syscall.SIGKILL)
-		}
-	})
-
-	var seen []string
-	timeout := time.After(wait)
-	for pgid == 0 || guardPID == 0 {
-		select {
-		case line, ok := <-lines:
-			if !ok {
-				t.Fatalf("the supervising process ended before its child listened; output:\n%s\nstderr:\n%s", strings.Join(seen, "\n"), stderr.String())
-			}
-			seen = append(seen, line)
-			if f := strings.Fields(line); len(f) == 2 && f[0] == "guard" {
-				guardPID, _ = strconv.Atoi(f[1])
-				if guardPID == 0 {
-					t.Fatalf("want a guard process, got none; stderr:\n%s", stderr.String())
-				}
-			}
-			if f := strings.Fields(line); len(f) == 6 && f[1] == "listening" && f[4] == "pid" {
-				pgid, _ = strconv.Atoi(f[5])
-			}
-		case <-timeout:
-			t.Fatalf("want the child listening and a guard within %v, got output:\n%s\nstderr:\n%s", wait, strings.Join(seen, "\n"), stderr.String())
-		}
-	}
+	h := startHost(t, hostConfig{Path: "/bin/sh", Args: []string{"-c", "sleep 300 & exec " + childBin + " -addr=127.0.0.1:0"}})
+	pgid := h.pid(childPIDRe).pid
+	t.Cleanup(func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) })
+	guardPID := h.pid(hostGuardRe).pid
 	if m := groupMembers(pgid); len(m) < 2 {
 		t.Fatalf("want the child and its grandchild in process group %d, got members (pid: state) %v", pgid, m)
 	}
@@ -162,12 +81,10 @@ func TestGuardKillsGrandchildrenAfterSupervisorSIGKILL(t *testing.T) {
 		t.Errorf("want the guard %d in a process group of its own, got group %d (err %v)", guardPID, pg, err)
 	}
 
-	if err := host.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := h.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for range lines { // to end of file, before Wait closes the pipe
-	}
-	_ = host.Wait()
+	<-h.done
 
 	// The orphans' new parent (init) reaps them in its own time: poll.
 	const bound = 10 * time.Second

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,12 +84,14 @@ type harness struct {
 
 type harnessOpts struct {
 	mode        string
+	args        []string                     // more arguments for the child
 	ready       func(h *harness) probe.Check // default probe.HTTP of /healthz
 	noAdvance   bool                         // do not advance the clock on EventNotReady
 	noRegistry  bool
 	standby     bool        // a second port: Spec.StandbyPort, {port} in the args and the check
 	realClock   bool        // the real clock, for tests driven by recycling's ticks
 	onEvent     func(Event) // called synchronously from the hook, first
+	spec        func(*Spec) // changes the spec last
 	supervisorO []Option
 }
 
@@ -118,7 +121,7 @@ func newHarness(t *testing.T, ho harnessOpts) *harness {
 	spec := Spec{
 		Name: "web",
 		Path: childBin,
-		Args: []string{"-mode=" + ho.mode, "-addr=127.0.0.1:" + strconv.Itoa(port)},
+		Args: append([]string{"-mode=" + ho.mode, "-addr=127.0.0.1:" + strconv.Itoa(port)}, ho.args...),
 	}
 	check := probe.HTTP(h.url + "/healthz")
 	if ho.standby {
@@ -135,6 +138,9 @@ func newHarness(t *testing.T, ho harnessOpts) *harness {
 		spec.Ready = ho.ready(h)
 	} else {
 		spec.Ready = check
+	}
+	if ho.spec != nil {
+		ho.spec(&spec)
 	}
 	hook := func(e Event) {
 		if ho.onEvent != nil {
@@ -346,14 +352,21 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// syncBuffer is an io.Writer safe for concurrent use whose readers can
+// wait for a pattern to appear.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed and replaced at every write; nil until a waiter needs it
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
 	return s.b.Write(p)
 }
 
@@ -361,4 +374,28 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// waitFor waits until the text matches re and returns the submatches of
+// the first match.
+func (s *syncBuffer) waitFor(t *testing.T, re *regexp.Regexp) []string {
+	t.Helper()
+	timeout := time.After(wait)
+	for {
+		s.mu.Lock()
+		m := re.FindStringSubmatch(s.b.String())
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		if m != nil {
+			return m
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			t.Fatalf("want output matching %q within %v, got:\n%s", re, wait, s.String())
+		}
+	}
 }

@@ -15,7 +15,8 @@ import (
 const (
 	DefaultFailureThreshold = 5                      // suture's default
 	DefaultFailureHalfLife  = 30 * time.Second       // suture's FailureDecay
-	DefaultCheckInterval    = 100 * time.Millisecond // how often a readiness check is retried until it passes
+	DefaultCheckInterval    = 100 * time.Millisecond // the first wait before a failed readiness check is retried
+	DefaultReadyMaxInterval = 2 * time.Second        // the longest wait between readiness checks, as they back off
 	DefaultCheckTimeout     = 2 * time.Second
 	DefaultLiveFailures     = 3
 	DefaultConnQuiet        = 250 * time.Millisecond
@@ -33,6 +34,8 @@ type options struct {
 	restart       backoff.Policy
 	regRetry      backoff.Policy
 	checkInterval time.Duration
+	readyMax      time.Duration
+	readyTimeout  time.Duration
 	checkTimeout  time.Duration
 	liveInterval  time.Duration
 	liveFailures  int
@@ -50,7 +53,15 @@ type options struct {
 	stdout        io.Writer
 	stderr        io.Writer
 	onEvent       func(Event)
+	subreaper     bool
+	cgroupParent  string // with cgroupSet: where the Run's cgroup goes; "" for none
+	cgroupSet     bool   // false: under the supervisor's own cgroup
 	clock         clock.Clock
+}
+
+// readyPolicy is the backoff between readiness checks.
+func (o *options) readyPolicy() backoff.Policy {
+	return backoff.Policy{Initial: o.checkInterval, Max: o.readyMax}
 }
 
 func (o *options) setDefaults() {
@@ -62,6 +73,9 @@ func (o *options) setDefaults() {
 	}
 	if o.checkInterval == 0 {
 		o.checkInterval = DefaultCheckInterval
+	}
+	if o.readyMax == 0 {
+		o.readyMax = DefaultReadyMaxInterval
 	}
 	if o.checkTimeout == 0 {
 		o.checkTimeout = DefaultCheckTimeout
@@ -103,7 +117,9 @@ func (o *options) setDefaults() {
 // adds 1 to a failure count that halves every halfLife; when the count
 // exceeds threshold, Run gives up. The defaults are 5 and 30s, so a child
 // that crashes six times in quick succession is given up on, and one that
-// crashes once an hour is restarted forever.
+// crashes once an hour is restarted forever. The count does not decay
+// while a copy that never becomes ready is starting: six failed starts in
+// a row (WithReadyTimeout) are given up on however long each one took.
 func WithRestartIntensity(threshold float64, halfLife time.Duration) Option {
 	return func(o *options) { o.threshold, o.halfLife = threshold, halfLife }
 }
@@ -119,6 +135,17 @@ func WithBackoff(initial, max time.Duration) Option {
 // ends after d, and the call counts as failed. The default is 2s.
 func WithCheckTimeout(d time.Duration) Option {
 	return func(o *options) { o.checkTimeout = d }
+}
+
+// WithReadyTimeout bounds how long a copy may take to pass Spec.Ready,
+// counted from its start: a copy not ready by then gets SIGKILL (its whole
+// process group and cgroup) and counts as a failed start under the restart
+// intensity (WithRestartIntensity), so a child that never becomes ready is
+// given up on. The check under way at the deadline is cut short. Between
+// checks the supervisor waits 100ms at first, doubling up to 2s. The
+// default, 0, waits for readiness forever.
+func WithReadyTimeout(d time.Duration) Option {
+	return func(o *options) { o.readyTimeout = d }
 }
 
 // WithLiveness sets how often Spec.Live runs once the child is registered
@@ -197,6 +224,26 @@ func WithRecycle(after time.Duration, rss uint64) Option {
 	return func(o *options) { o.recycleAfter, o.recycleRSS = after, rss }
 }
 
+// WithSubreaper makes the whole process a child subreaper
+// (PR_SET_CHILD_SUBREAPER) while a Run with it is under way: a descendant
+// whose parent dies, a daemon that double-forks and calls setsid say, is
+// adopted by this process instead of init, reaped when it exits, and
+// killed, with whatever it started, when the last such Run of the process
+// ends. Without a writable cgroup (see EventCgroup) that is what holds a
+// child's setsid descendants, though only while the supervisor lives: a
+// SIGKILL of the supervisor leaves them running there, and only there.
+//
+// The reaper takes the exit status of every zombie child of the process
+// that this package did not start and that is not in the process's own
+// process group, and the end of the last Run kills every such child still
+// running. The host program's own children, which os/exec starts in the
+// host's group unless told otherwise, are left alone; one it starts with
+// Setpgid or Setsid could be reaped before its Wait, or killed. So use it
+// in a program that starts no such children, as lameduck run.
+func WithSubreaper() Option {
+	return func(o *options) { o.subreaper = true }
+}
+
 // WithDrainOptions passes options to the offline protocol (drain.New), after
 // the supervisor's own: drain.WithMinWait, drain.WithDisable, and so on.
 // Budget, registries, instance and event hook are the supervisor's.
@@ -219,6 +266,12 @@ func WithEventHook(f func(Event)) Option {
 
 func withClock(c clock.Clock) Option {
 	return func(o *options) { o.clock = c }
+}
+
+// withCgroupParent puts the Run's cgroup under dir instead of under the
+// supervisor's own cgroup; "" runs the children without cgroups.
+func withCgroupParent(dir string) Option {
+	return func(o *options) { o.cgroupParent, o.cgroupSet = dir, true }
 }
 
 func withRecycleInterval(d time.Duration) Option {

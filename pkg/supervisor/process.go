@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,10 +22,11 @@ import (
 // child is one running (or exited) child process. Its PID is also its
 // process group ID.
 type child struct {
-	pid   int
-	done  chan struct{} // closed once the child is reaped
-	state *os.ProcessState
-	err   error // from cmd.Wait, when it failed for another reason than the exit status
+	pid    int
+	cgroup string        // its own cgroup; "" without one
+	done   chan struct{} // closed once the child is reaped
+	state  *os.ProcessState
+	err    error // from cmd.Wait, when it failed for another reason than the exit status
 }
 
 // exited reports whether the child has been reaped.
@@ -37,16 +39,20 @@ func (c *child) exited() bool {
 	}
 }
 
-// start starts the child in its own process group. SIGKILL reaches it if
-// the supervisor dies (Pdeathsig), and the rest of its group through the
-// guard, which is told about the group at once. A goroutine reaps it: once
-// the leader has exited, and while it is still an unreaped zombie that
-// keeps its process group ID from being reused, whatever is left of the
-// group (grandchildren) gets SIGKILL, the guard lets go of the group, and
-// cmd.Wait reaps the leader.
+// start starts the child in its own process group and, where the Run has
+// one, its own cgroup (see tree.go). SIGKILL reaches it if the supervisor
+// dies (Pdeathsig), and the rest of its group and cgroup through the
+// guard, which is told about both at once. A goroutine reaps it: once the
+// leader has exited, and while it is still an unreaped zombie that keeps
+// its process group ID from being reused, whatever is left of the group
+// (grandchildren) gets SIGKILL, the cgroup is killed, awaited and removed
+// (which takes every descendant, setsid or not, and so closes the output
+// pipes they hold), the guard lets go of both, and cmd.Wait reaps the
+// leader.
 func (s *Supervisor) start(port int) (*child, error) {
 	args := s.spec.Args
-	env := append(os.Environ(), s.spec.Env...)
+	env := dropEnv(os.Environ(), s.spec.DropEnv)
+	env = append(env, s.spec.Env...)
 	if port > 0 {
 		p := strconv.Itoa(port)
 		args = make([]string, len(s.spec.Args))
@@ -55,29 +61,51 @@ func (s *Supervisor) start(port int) (*child, error) {
 		}
 		env = append(env, "PORT="+p, "LAMEDUCK_PORT="+p)
 	}
-	cmd := exec.Command(s.spec.Path, args...)
-	cmd.Env = env
-	cmd.Dir = s.spec.Dir
-	cmd.SysProcAttr = procAttr()
 	prefix := "[" + s.spec.Name + "] "
 	stdout := &lineWriter{mu: &s.outMu, w: s.o.stdout, prefix: prefix}
 	stderr := &lineWriter{mu: &s.outMu, w: s.o.stderr, prefix: prefix}
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	// The group is killed before Wait, so the pipes close; this only
-	// guards against a descendant that left the group with our pipes.
-	cmd.WaitDelay = time.Second
-	if err := cmd.Start(); err != nil {
+	build := func() *exec.Cmd {
+		cmd := exec.Command(s.spec.Path, args...)
+		cmd.Env = env
+		cmd.Dir = s.spec.Dir
+		cmd.SysProcAttr = procAttr()
+		cmd.Stdout, cmd.Stderr = stdout, stderr
+		// The group and the cgroup are killed before Wait, so the pipes
+		// close; this only bounds the wait for a descendant that left the
+		// group with our pipes when there is no cgroup.
+		cmd.WaitDelay = time.Second
+		return cmd
+	}
+	cmd, cg, err := s.tree.start(build, s.guard.cgroup, func(err error) {
+		s.emit(Event{Kind: EventCgroup, Port: port, Err: err})
+	})
+	if err != nil {
 		return nil, fmt.Errorf("supervisor: start %s: %w", s.spec.Path, err)
 	}
-	c := &child{pid: cmd.Process.Pid, done: make(chan struct{})}
+	c := &child{pid: cmd.Process.Pid, cgroup: cg, done: make(chan struct{})}
 	s.guard.add(c.pid)
 	go func() {
 		defer close(c.done)
 		waitExited(c.pid)
 		_ = c.signal(syscall.SIGKILL) // sweep the rest of the group
-		s.guard.remove(c.pid)         // before the ID can be reused
+		if c.cgroup != "" {
+			if err := s.tree.release(c.cgroup); err != nil {
+				s.emit(Event{Kind: EventCgroup, PID: c.pid, Port: port, Cgroup: c.cgroup, Err: err})
+			} else {
+				s.guard.cgroup(c.cgroup, false)
+			}
+		}
+		s.guard.remove(c.pid) // before the ID can be reused
 		err := cmd.Wait()
+		untrack(c.pid)
 		c.state = cmd.ProcessState
+		if errors.Is(err, exec.ErrWaitDelay) && c.state != nil && c.state.Success() {
+			// The child is done and exited 0; what a descendant kept
+			// writing is lost, but that is no failure of the child.
+			s.emit(Event{Kind: EventOutputHeld, PID: c.pid, Port: port,
+				Err: fmt.Errorf("supervisor: child %d exited 0, but a descendant outside its process group still held its output %v later; the rest of that output is lost", c.pid, cmd.WaitDelay)})
+			err = nil
+		}
 		var ee *exec.ExitError
 		if err != nil && !errors.As(err, &ee) {
 			c.err = err
@@ -86,6 +114,21 @@ func (s *Supervisor) start(port int) (*child, error) {
 		stderr.flush()
 	}()
 	return c, nil
+}
+
+// dropEnv returns env without the variables named in drop.
+func dropEnv(env, drop []string) []string {
+	if len(drop) == 0 {
+		return env
+	}
+	out := env[:0:0]
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(drop, name) {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // exitStatus returns the child's exit code (-1 when killed by a signal) and

@@ -110,7 +110,8 @@ type runLoop struct {
 // the drain protocol's error (errors.As a *drain.PhaseError names the phase
 // that ran out) joined with an *ExitError if the child ended badly. When
 // Run returns, every copy has been reaped and its process group has been
-// sent SIGKILL. Run may be called once.
+// sent SIGKILL, and its cgroup (if any) emptied and removed. Run may be
+// called once.
 func (s *Supervisor) Run(ctx context.Context) error {
 	if !s.ran.CompareAndSwap(false, true) {
 		return errors.New("supervisor: Run called twice; make a new Supervisor")
@@ -118,9 +119,28 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return nil // nothing runs and nothing is registered
 	}
+	if s.o.subreaper {
+		if err := enterSubreaper(); err != nil {
+			return err
+		}
+		defer leaveSubreaper() // last: once the guard is reaped too
+	}
 	// When r.run returns every child is reaped: the guard holds no group.
 	s.guard = startGuard()
 	defer s.guard.close()
+	s.tree = newTree(s.o.cgroupParent, !s.o.cgroupSet)
+	dir, err := s.tree.cgroup()
+	s.emit(Event{Kind: EventCgroup, Cgroup: dir, Err: err})
+	if dir != "" {
+		s.guard.cgroup(dir, true)
+		defer func() {
+			if err := s.tree.release(dir); err != nil {
+				s.emit(Event{Kind: EventCgroup, Cgroup: dir, Err: err})
+				return // the guard kills what is left at end of file
+			}
+			s.guard.cgroup(dir, false)
+		}()
+	}
 	r := &runLoop{s: s, msgs: make(chan msg, 16), live: map[*proc]bool{}}
 	return r.run(ctx)
 }
@@ -459,7 +479,11 @@ func (r *runLoop) settle(p *proc) {
 // failed counts a failure in slot and schedules its restart, or gives up.
 func (r *runLoop) failed(p *proc, slot int, fail error) {
 	s := r.s
-	if gave := s.countFailure(fail); gave != nil {
+	good := s.o.clock.Now()
+	if p != nil && !p.ready {
+		good = p.born // a failed start: its starting time was not good time
+	}
+	if gave := s.countFailure(fail, good); gave != nil {
 		r.finish(gave)
 		return
 	}

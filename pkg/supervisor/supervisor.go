@@ -5,16 +5,19 @@
 //
 // # Lifecycle
 //
-// Run starts the child in its own process group, with its output passed
-// through line by line behind a "[name] " prefix. Spec.Ready is polled until
-// it passes; only then is the instance registered. From then on Spec.Live,
+// Run starts the child in its own process group (and cgroup, see
+// Processes), with its output passed through line by line behind a
+// "[name] " prefix. Spec.Ready is polled, backing off, until it passes
+// (or, past WithReadyTimeout, the copy is killed as a failed start); only
+// then is the instance registered. From then on Spec.Live,
 // if set, is polled; enough failures in a row count as a death.
 //
 // When the child dies on its own with a non-zero code, by a signal, or by
 // failed liveness (then the group gets SIGKILL), the instance is
 // deregistered at once, before any backoff. The failure adds 1 to a
 // decaying failure count (suture's restart intensity: the count halves every
-// half-life); past the threshold Run gives up with a *GaveUpError. Otherwise
+// half-life, but not while a copy is starting and never becomes ready);
+// past the threshold Run gives up with a *GaveUpError. Otherwise
 // the child is restarted after a backoff delay that grows with the count.
 //
 // A child that exits 0 on its own is done: it is deregistered and Run
@@ -41,14 +44,26 @@
 //
 // # Processes
 //
-// The child runs with Setpgid and Pdeathsig=SIGKILL. Whenever the child
-// exits, whatever else is left in its process group gets SIGKILL before
-// the child is reaped, so Run leaves no zombies and no orphans in the
-// group. Pdeathsig fires when the thread that started the child ends; the
-// Go runtime ends threads only for goroutines that exit while locked with
-// runtime.LockOSThread, which this package never does. If the supervisor
-// itself is killed, a guard process (see guard.go) sends SIGKILL to every
-// child's process group, so grandchildren do not outlive it either.
+// The child runs with Setpgid and Pdeathsig=SIGKILL and, where a cgroup v2
+// hierarchy is writable, in a cgroup of its own that the kernel puts it in
+// at fork, under a cgroup per Run (EventCgroup names it). Whenever the
+// child exits, whatever is left of its process group gets SIGKILL, and its
+// cgroup is killed, awaited and removed, before the child is reaped: a
+// descendant that called setsid or double-forked goes with it, and so do
+// the output pipes it held. So Run leaves no zombies and no orphans, and a
+// clean stop stays clean whatever a grandchild holds; without a cgroup, a
+// child that exits 0 while a descendant keeps its output open is reported
+// with EventOutputHeld, not as a failure. Pdeathsig fires when the thread
+// that started the child ends; the Go runtime ends threads only for
+// goroutines that exit while locked with runtime.LockOSThread, which this
+// package never does. If the supervisor itself is killed, a guard process
+// (see guard.go) sends SIGKILL to every child's process group and kills
+// every cgroup, so no descendant outlives it either.
+//
+// Without a writable cgroup, descendants that leave the child's process
+// group are held only by WithSubreaper, and only while the supervisor
+// lives: after a SIGKILL of the supervisor they survive, in that fallback
+// and only there. See tree.go.
 //
 // The supervisor runs on Linux only: nothing else has Pdeathsig, nor the
 // kernel's TCP tables that tell when a child's requests have ended. The
@@ -85,8 +100,14 @@ type Spec struct {
 	// PATH. Args are its arguments, without the program name.
 	Path string
 	Args []string
-	// Env is added to the supervisor's environment (later entries win).
+	// Env is added to the supervisor's environment (later entries win),
+	// after DropEnv is taken out of it.
 	Env []string
+	// DropEnv names variables of the supervisor's environment that the
+	// child does not inherit: the credentials the supervisor itself uses
+	// (lameduck run drops the registries' and its admin token), so that a
+	// child never holds a secret it was not given. Env may set them again.
+	DropEnv []string
 	// Dir is the child's working directory; empty means the supervisor's.
 	Dir string
 
@@ -141,12 +162,34 @@ type ExitError struct {
 	PID    int
 	Code   int            // -1 when killed by a signal
 	Signal syscall.Signal // the signal that killed it, if any
-	Reason string         // "exited", "killed", "liveness failed: ..."
+	Reason string         // "exited", "killed", "liveness failed (...), killed", "not ready in time (...), killed"
+	Cause  error          // why the supervisor killed it: the failed liveness check, or an error wrapping ErrReadyTimeout
 }
+
+// Unwrap returns Cause, so that errors.Is(err, ErrReadyTimeout) holds for a
+// copy killed for not becoming ready, through a *GaveUpError too.
+func (e *ExitError) Unwrap() error { return e.Cause }
+
+// ErrReadyTimeout is wrapped by the Cause of an *ExitError for a copy that
+// did not pass Spec.Ready within the ready timeout (WithReadyTimeout).
+var ErrReadyTimeout = errors.New("supervisor: not ready within the ready timeout")
+
+// readyTimeoutError is why a copy was killed before it became ready.
+type readyTimeoutError struct {
+	after time.Duration
+	last  error // the last check's error
+}
+
+func (e *readyTimeoutError) Error() string {
+	return fmt.Sprintf("supervisor: not ready within %v; last check: %v", e.after, e.last)
+}
+
+func (e *readyTimeoutError) Is(target error) bool { return target == ErrReadyTimeout }
+func (e *readyTimeoutError) Unwrap() error        { return e.last }
 
 func (e *ExitError) Error() string {
 	if e.Signal != 0 {
-		return fmt.Sprintf("supervisor: child %d %s by %v", e.PID, e.Reason, e.Signal)
+		return fmt.Sprintf("supervisor: child %d %s by signal %d (%v)", e.PID, e.Reason, int(e.Signal), e.Signal)
 	}
 	return fmt.Sprintf("supervisor: child %d %s with code %d", e.PID, e.Reason, e.Code)
 }
@@ -165,6 +208,7 @@ type Supervisor struct {
 	restarts atomic.Int64 // replacements started; read by emit from any goroutine
 
 	guard *guard // set by Run before its first child starts; nil without one
+	tree  *tree  // set by Run before its first child starts
 
 	// owned by Run's goroutine
 	failures float64
@@ -205,7 +249,7 @@ func New(spec Spec, opts ...Option) (*Supervisor, error) {
 	switch {
 	case o.threshold <= 0 || o.halfLife <= 0:
 		return nil, fmt.Errorf("supervisor: restart intensity threshold %g and half-life %v must be positive", o.threshold, o.halfLife)
-	case o.checkInterval < 0, o.checkTimeout < 0, o.liveInterval < 0, o.liveFailures < 0, o.stopGrace < 0, o.connQuiet < 0, o.connWait < 0, o.deregTimeout < 0, o.recycleAfter < 0, o.recycleEvery < 0:
+	case o.checkInterval < 0, o.readyTimeout < 0, o.checkTimeout < 0, o.liveInterval < 0, o.liveFailures < 0, o.stopGrace < 0, o.connQuiet < 0, o.connWait < 0, o.deregTimeout < 0, o.recycleAfter < 0, o.recycleEvery < 0:
 		return nil, errors.New("supervisor: intervals, timeouts and counts must not be negative")
 	case o.stopGrace >= o.budget:
 		return nil, fmt.Errorf("supervisor: stop grace %v leaves nothing of the budget %v for the drain; lower it or raise the budget", o.stopGrace, o.budget)
@@ -262,11 +306,14 @@ func (s *Supervisor) emit(e Event) {
 }
 
 // countFailure adds a failure to the decaying count and returns a
-// *GaveUpError if the count passed the threshold.
-func (s *Supervisor) countFailure(fail error) error {
+// *GaveUpError if the count passed the threshold. The count decays from
+// the previous failure until good: now, or for a copy that never became
+// ready, its start; time spent starting a copy that never became ready
+// does not count as time without failures.
+func (s *Supervisor) countFailure(fail error, good time.Time) error {
 	now := s.o.clock.Now()
-	if s.failures > 0 {
-		s.failures *= math.Pow(0.5, float64(now.Sub(s.lastFail))/float64(s.o.halfLife))
+	if s.failures > 0 && good.After(s.lastFail) {
+		s.failures *= math.Pow(0.5, float64(good.Sub(s.lastFail))/float64(s.o.halfLife))
 	}
 	s.failures++
 	s.lastFail = now
@@ -278,9 +325,9 @@ func (s *Supervisor) countFailure(fail error) error {
 	return nil
 }
 
-// exited reports the reaped child's end and returns an error when it
 // exited reports a reaped copy's end and returns an error when it counts as
-// a failure. reason is the failed liveness check, if any.
+// a failure. reason is why the supervisor killed it (a failed liveness
+// check, the ready timeout), if it did.
 func (s *Supervisor) exited(p *proc, reason error) error {
 	c := p.c
 	code, sig := c.exitStatus()
@@ -289,7 +336,12 @@ func (s *Supervisor) exited(p *proc, reason error) error {
 	case c.err != nil:
 		exitErr = fmt.Errorf("supervisor: wait for child %d: %w", c.pid, c.err)
 	case reason != nil:
-		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: "liveness failed (" + reason.Error() + "), killed"}
+		why := "liveness failed (" + reason.Error() + "), killed"
+		var rt *readyTimeoutError
+		if errors.As(reason, &rt) {
+			why = fmt.Sprintf("not ready within %v (last check: %v), killed", rt.after, rt.last)
+		}
+		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: why, Cause: reason}
 	case sig != 0:
 		exitErr = &ExitError{PID: c.pid, Code: code, Signal: sig, Reason: "killed"}
 	case code != 0:
@@ -300,25 +352,16 @@ func (s *Supervisor) exited(p *proc, reason error) error {
 }
 
 // lifecycle waits for the copy's readiness and then polls its liveness,
-// until ctx ends; it reports both to the run loop.
+// until ctx ends; it reports both to the run loop. A copy not ready within
+// the ready timeout is reported as unhealthy, with an error wrapping
+// ErrReadyTimeout.
 func (s *Supervisor) lifecycle(ctx context.Context, p *proc, report func(msg)) {
 	if s.spec.Ready != nil {
-		for {
-			err := s.check(ctx, s.spec.Ready, p.port)
-			if err == nil {
-				break
+		if err := s.awaitReady(ctx, p); err != nil {
+			if ctx.Err() == nil {
+				report(msg{kind: msgUnhealthy, p: p, err: err})
 			}
-			if ctx.Err() != nil {
-				return
-			}
-			t := s.o.clock.NewTimer(s.o.checkInterval)
-			s.emit(Event{Kind: EventNotReady, PID: p.c.pid, Port: p.port, Delay: s.o.checkInterval, Err: err})
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C():
-			}
+			return
 		}
 	}
 	s.emit(Event{Kind: EventReady, PID: p.c.pid, Port: p.port})
@@ -349,6 +392,54 @@ func (s *Supervisor) lifecycle(ctx context.Context, p *proc, report func(msg)) {
 			return
 		}
 	}
+}
+
+// awaitReady calls Spec.Ready until it passes (nil), ctx ends (ctx's
+// error), or the ready timeout passes (an error wrapping ErrReadyTimeout
+// and the last check's error). Between checks it backs off from the check
+// interval to DefaultReadyMaxInterval; each wait is an EventNotReady.
+func (s *Supervisor) awaitReady(ctx context.Context, p *proc) error {
+	rctx := ctx
+	if d := s.o.readyTimeout; d > 0 {
+		var cancel context.CancelCauseFunc
+		rctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		t := s.o.clock.AfterFunc(d, func() { cancel(ErrReadyTimeout) })
+		defer t.Stop()
+	}
+	policy := s.o.readyPolicy()
+	var last error // the last check that failed on its own, not cut short by the timeout
+	for attempt := 0; ; attempt++ {
+		err := s.check(rctx, s.spec.Ready, p.port)
+		if err == nil {
+			return nil
+		}
+		if rctx.Err() != nil {
+			if last == nil {
+				last = err
+			}
+			return s.readyErr(ctx, last)
+		}
+		last = err
+		d := policy.Delay(attempt)
+		t := s.o.clock.NewTimer(d)
+		s.emit(Event{Kind: EventNotReady, PID: p.c.pid, Port: p.port, Delay: d, Err: err})
+		select {
+		case <-rctx.Done():
+			t.Stop()
+			return s.readyErr(ctx, last)
+		case <-t.C():
+		}
+	}
+}
+
+// readyErr is awaitReady's error once rctx has ended: ctx's own error, or
+// the ready timeout with the last check's error.
+func (s *Supervisor) readyErr(ctx context.Context, last error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return &readyTimeoutError{after: s.o.readyTimeout, last: last}
 }
 
 // check calls f with a context that ends after the check timeout.

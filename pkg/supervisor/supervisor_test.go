@@ -9,7 +9,10 @@ import (
 	"errors"
 	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -184,7 +187,7 @@ func TestStartFailureCountsTowardIntensity(t *testing.T) {
 	for _, e := range events {
 		kinds = append(kinds, e.Kind.String())
 	}
-	if got, want := strings.Join(kinds, " "), "backoff gave-up"; got != want {
+	if got, want := strings.Join(kinds, " "), "cgroup backoff gave-up"; got != want {
 		t.Fatalf("want events %q, got %q", want, got)
 	}
 }
@@ -469,5 +472,39 @@ func TestNewRejects(t *testing.T) {
 				t.Fatalf("want an error containing %q, got %v", tc.want, err)
 			}
 		})
+	}
+}
+
+// The child inherits the supervisor's environment but for Spec.DropEnv,
+// and gets Spec.Env and its port on top.
+func TestChildEnvironment(t *testing.T) {
+	// Not parallel: it sets environment variables.
+	t.Setenv("SUPERVISOR_TEST_SECRET", "s3cret")
+	t.Setenv("SUPERVISOR_TEST_TOKEN", "t0ken")
+	t.Setenv("SUPERVISOR_TEST_KEPT", "kept")
+	envFile := filepath.Join(t.TempDir(), "env")
+	h := newHarness(t, harnessOpts{
+		args: []string{"-env-out=" + envFile},
+		spec: func(s *Spec) {
+			s.DropEnv = []string{"SUPERVISOR_TEST_SECRET", "SUPERVISOR_TEST_TOKEN"}
+			s.Env = []string{"SUPERVISOR_TEST_TOKEN=given"}
+		},
+	})
+	h.run()
+	h.next(EventRegistered)
+	b, err := os.ReadFile(envFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for _, want := range []string{"SUPERVISOR_TEST_KEPT=kept", "SUPERVISOR_TEST_TOKEN=given", "PORT=" + strconv.Itoa(h.inst.Port), "PATH=" + os.Getenv("PATH")} {
+		if !slices.Contains(env, want) {
+			t.Errorf("want %s in the child's environment, got %q", want, env)
+		}
+	}
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "SUPERVISOR_TEST_SECRET=") || kv == "SUPERVISOR_TEST_TOKEN=t0ken" {
+			t.Errorf("want %s kept from the child, got it in its environment", kv)
+		}
 	}
 }
