@@ -31,6 +31,7 @@ import (
 	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/internal/clock"
 	"github.com/lameduck/lameduck/pkg/admin"
+	"github.com/lameduck/lameduck/pkg/report"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -74,6 +75,7 @@ type options struct {
 	log        *slog.Logger
 	signals    []os.Signal
 	backoff    backoff.Policy
+	reportPath string
 }
 
 func (o *options) setDefaults() {
@@ -124,6 +126,13 @@ func WithAdminLimits(maxConns, maxLongPolls int) Option {
 // WithEventHook receives every protocol event, after the App has logged it.
 func WithEventHook(f func(drain.Event)) Option { return func(o *options) { o.onEvent = f } }
 
+// WithReport makes Run write a report of the offline once it is done: JSON
+// to path, and an SVG timeline next to it (report.SVGPath: path with its
+// extension replaced by .svg). A report that cannot be written is logged;
+// it does not change Run's result. New refuses a path ending in .svg or in
+// a directory that does not exist.
+func WithReport(path string) Option { return func(o *options) { o.reportPath = path } }
+
 // WithLogger sets the logger; the default is slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
@@ -141,6 +150,7 @@ type App struct {
 	coord   *drain.Coordinator
 	metrics *admin.Metrics
 	handler http.Handler
+	rec     *report.Recorder // nil without WithReport
 	ran     sync.Once
 }
 
@@ -185,6 +195,12 @@ func New(inst registry.Instance, regs []registry.Registry, opts ...Option) (*App
 		}
 	}
 	a := &App{o: o, inst: inst, regs: regs, tracker: &drain.Tracker{}}
+	if o.reportPath != "" {
+		if err := report.CheckPath(o.reportPath); err != nil {
+			return nil, fmt.Errorf("lameduck: WithReport: %w", err)
+		}
+		a.rec = report.NewRecorder(func() (int64, int64) { return a.tracker.InFlight(), a.tracker.LongLived() })
+	}
 	dopts := append([]drain.Option{
 		drain.WithRegistries(regs...),
 		drain.WithInstance(inst),
@@ -221,6 +237,9 @@ func (a *App) AdminHandler() http.Handler { return a.handler }
 
 func (a *App) event(e drain.Event) {
 	a.metrics.Observe(e)
+	if a.rec != nil {
+		a.rec.Observe(e)
+	}
 	l := a.o.log
 	switch e.Kind {
 	case drain.EventPhase:
@@ -338,14 +357,29 @@ func (a *App) run(ctx context.Context) error {
 	for {
 		select {
 		case <-a.coord.Done():
-			_, err := a.coord.Wait(context.Background())
+			rep, err := a.coord.Wait(context.Background())
 			a.metrics.ObserveResult(err)
+			a.writeReport(rep)
 			return errors.Join(regErr, err)
 		case s := <-sig:
 			a.o.log.Warn("lameduck: second signal, forcing the stop", "signal", s.String())
 			a.coord.Force()
 		}
 	}
+}
+
+// writeReport writes the offline's report, with WithReport. A failure is
+// only logged: the offline itself is done, and Run's result is its own.
+func (a *App) writeReport(rep drain.Report) {
+	if a.rec == nil {
+		return
+	}
+	off := a.rec.Report(rep)
+	if err := off.WriteFiles(a.o.reportPath); err != nil {
+		a.o.log.Error("lameduck: could not write the offline report", "err", err)
+		return
+	}
+	a.o.log.Info("lameduck: offline report written", "json", a.o.reportPath, "svg", report.SVGPath(a.o.reportPath), "summary", off.String())
 }
 
 // becomeReady runs the readiness check until it passes or ctx ends.

@@ -3,12 +3,15 @@ package lameduck
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -17,6 +20,7 @@ import (
 
 	"github.com/lameduck/lameduck/adapters/memory"
 	"github.com/lameduck/lameduck/drain"
+	"github.com/lameduck/lameduck/pkg/report"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -273,5 +277,60 @@ func TestRunServesAdminWithLimits(t *testing.T) {
 	idle.Close()
 	if code, err := read(extra, er, 5*time.Second); err != nil || code != http.StatusOK {
 		t.Fatalf("the third connection once one closed: want 200, got %d %v", code, err)
+	}
+}
+
+// WithReport writes the offline's report, JSON and SVG, once Run is done,
+// and New refuses a report path it could not write to.
+func TestRunWritesReport(t *testing.T) {
+	t.Parallel()
+	mem, err := memory.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "offline.json")
+	if _, err := New(testInstance(), nil, WithAdmin("", ""), WithReport(report.SVGPath(path))); err == nil || !strings.Contains(err.Error(), ".svg") {
+		t.Fatalf("want New to refuse a report path ending in .svg, got %v", err)
+	}
+	app, err := New(testInstance(), []registry.Registry{mem},
+		WithAdmin("", ""), WithSignals(unsentSignal), WithReport(path),
+		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
+		WithDrain(drain.WithBudget(5*time.Second), drain.WithQuietWindow(0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	// A request in flight as the offline starts, ended once it drains.
+	req := app.Tracker().Begin()
+	go func() { done <- app.Run(ctx) }()
+	cancel()
+	if err := app.Coordinator().WaitPhase(t.Context(), drain.Draining); err != nil {
+		t.Fatal(err)
+	}
+	if err := req.End(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("want a clean offline, got %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("want Run to return once ctx ended, still running after 10s")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("want the report written: %v", err)
+	}
+	var off report.Offline
+	if err := json.Unmarshal(b, &off); err != nil {
+		t.Fatal(err)
+	}
+	if off.Outcome != drain.OutcomeDrained || off.Causes.Sum() != off.Duration || off.InFlight.Peak != 1 {
+		t.Fatalf("want a drained report whose causes add up, with the one request in flight; got %+v", off)
+	}
+	if _, err := os.Stat(report.SVGPath(path)); err != nil {
+		t.Fatalf("want the SVG beside the report: %v", err)
 	}
 }

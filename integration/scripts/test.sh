@@ -19,6 +19,9 @@ trap cleanup EXIT
 # cross): cheap, so it fails fast, before any server starts.
 make --no-print-directory cross
 
+# The report tests render SVG with rsvg-convert; they fail without it below.
+"$scripts/install-rsvg.sh" >/dev/null
+
 # Running already: a standalone server's PID file names a live process, or a
 # cluster's first member answers.
 running() {
