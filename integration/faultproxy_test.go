@@ -6,6 +6,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -78,25 +79,14 @@ func (p *faultProxy) cut() {
 	}
 }
 
-// heal undoes cut: the proxy listens again on the same ports.
+// heal undoes cut: the proxy listens again on the same ports (free again
+// at once: Go listens with SO_REUSEADDR).
 func (p *faultProxy) heal() {
 	p.t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, px := range p.proxies {
-		if px.Enabled {
-			continue
-		}
-		// A port just closed is free again at once (Go listens with
-		// SO_REUSEADDR), but allow the kernel a moment under load.
-		var err error
-		for try := 0; try < 20; try++ {
-			if err = px.Start(); err == nil {
-				break
-			}
-			time.Sleep(50 * time.Millisecond) // waiting on the kernel; nothing to wait on
-		}
-		if err != nil {
+		if err := px.Start(); err != nil && !errors.Is(err, toxiproxy.ErrProxyAlreadyStarted) {
 			p.t.Errorf("fault proxy: listen again on %s: %v", px.Listen, err)
 		}
 	}

@@ -103,9 +103,10 @@ func (f faultKind) cutIn() drain.Phase {
 	return drain.Serving
 }
 
-// faultServer is a registry server the suite reads directly: its address,
-// the URL the app is given for it (perhaps through a proxy), a client of
-// its own for the load's watch, and the server's own list of a service.
+// faultServer is a registry server as the suite reads it, never through a
+// proxy: its address, a client of the suite's own for the load's watch, and
+// the server's own list of a service's passing (Consul) or healthy and
+// enabled (Nacos) instances, which is what consumers route to.
 type faultServer struct {
 	kind   string // consul or nacos
 	addr   string
@@ -282,7 +283,7 @@ func faultNacosRestarts(t *testing.T, bins map[string]string) {
 // instance.
 func faultOfflineCommand(t *testing.T, bins map[string]string, srv faultServer, service string, app *e2eApp, disable bool) {
 	t.Helper()
-	const budget = 10 * time.Second
+	const budget = 20 * time.Second // Nacos: a disable through the admin API, then the push; seconds on a loaded machine
 	args := []string{"offline", "--registry", srv.kind + "://" + srv.addr, "--service", service, "--addr", app.endpoint(),
 		"--budget", budget.String(), "--output", "json"}
 	if disable {
