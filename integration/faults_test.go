@@ -210,6 +210,9 @@ func faultConsulRestartServing(t *testing.T, bins map[string]string) {
 // plain deregistration) takes a running app's instance out; then the
 // private dev agent restarts and loses its state. The instance must stay
 // out: the app's keeper, which sees a new node ID, must not put it back.
+// The restart follows the command at once, as in issue 13's report: after
+// a plain deregistration, a keeper whose next check (every 5 s) came first
+// would find the same agent and stop on its own.
 func faultConsulRestartAfterOffline(t *testing.T, bins map[string]string, disable bool) {
 	p := startPrivateConsul(t)
 	srv := faultServer{kind: "consul", addr: p.addr(), watch: newConsulAt(t, p.addr()), listed: consulLister(t, p.addr())}
