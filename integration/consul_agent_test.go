@@ -120,3 +120,20 @@ func (p *privateConsul) restart() {
 	p.stop()
 	p.start()
 }
+
+// kill ends the agent with SIGKILL, as a crash would, and waits until it
+// has exited. A dev agent keeps its state in memory only, so start then
+// brings back an agent that has lost every registration, under a new node
+// ID.
+func (p *privateConsul) kill() {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		p.t.Errorf("private consul (pid %d) still running 10s after SIGKILL", p.cmd.Process.Pid)
+	}
+	p.cmd = nil
+}

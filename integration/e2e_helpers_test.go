@@ -100,6 +100,13 @@ type child struct {
 // test failed.
 func e2eStart(t *testing.T, name, bin string, args ...string) *child {
 	t.Helper()
+	return e2eStartEnv(t, name, bin, nil, args...)
+}
+
+// e2eStartEnv is e2eStart with env (NAME=value entries) added to the
+// child's environment: for a parallel test, which cannot use t.Setenv.
+func e2eStartEnv(t *testing.T, name, bin string, env []string, args ...string) *child {
+	t.Helper()
 	c := &child{name: name, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
 	c.cmd = exec.Command(bin, args...)
 	c.cmd.Stdout, c.cmd.Stderr = c.stdout, c.stderr
@@ -108,6 +115,7 @@ func e2eStart(t *testing.T, name, bin string, args ...string) *child {
 			c.cmd.Env = append(c.cmd.Env, kv)
 		}
 	}
+	c.cmd.Env = append(c.cmd.Env, env...)
 	if err := c.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -409,6 +417,14 @@ func e2eStartLibraryApps(t *testing.T, bin, service string, n int) []*e2eApp {
 // e2eStartLibraryAppsOn is e2eStartLibraryApps on the registry at regURL.
 func e2eStartLibraryAppsOn(t *testing.T, bin, regURL, service string, n int) []*e2eApp {
 	t.Helper()
+	return e2eStartLibraryAppsWith(t, bin, regURL, service, n, nil)
+}
+
+// e2eStartLibraryAppsWith is e2eStartLibraryAppsOn with env added to each
+// app's environment (see e2eStartEnv) and extra flags after the others,
+// such as -budget.
+func e2eStartLibraryAppsWith(t *testing.T, bin, regURL, service string, n int, env []string, extra ...string) []*e2eApp {
+	t.Helper()
 	ports := e2ePorts(t, 3*n)
 	apps := make([]*e2eApp, n)
 	for k := range apps {
@@ -417,9 +433,9 @@ func e2eStartLibraryAppsOn(t *testing.T, bin, regURL, service string, n int) []*
 		if strings.HasPrefix(regURL, "consul://") {
 			e2eDeregisterLeftovers(t, id) // runs after the child is killed
 		}
-		c := e2eStart(t, fmt.Sprintf("app[%d]", k), bin,
-			"-registry", regURL, "-service", service,
-			"-http", e2eEndpoint(h), "-grpc", e2eEndpoint(g), "-admin", e2eEndpoint(a))
+		args := append([]string{"-registry", regURL, "-service", service,
+			"-http", e2eEndpoint(h), "-grpc", e2eEndpoint(g), "-admin", e2eEndpoint(a)}, extra...)
+		c := e2eStartEnv(t, fmt.Sprintf("app[%d]", k), bin, env, args...)
 		apps[k] = &e2eApp{child: c, id: id, port: h, admin: a}
 	}
 	for _, a := range apps {

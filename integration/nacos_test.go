@@ -2,9 +2,15 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
+	"net/http"
+	"net/url"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,6 +81,87 @@ func rawNacosClient(t *testing.T, timeout time.Duration) naming_client.INamingCl
 		t.Fatalf("nacos client: %v", err)
 	}
 	return c
+}
+
+// nacosServerView lists the healthy, enabled instances of a service
+// ("ip:port" each) as the Nacos at addr holds them, through its v3 admin
+// API: the server's own state, with no client cache or subscription in
+// between. It logs in with the test user on first use, and again when the
+// token is refused (a restarted server). A service the server does not know
+// has no instances. Safe for concurrent use.
+func nacosServerView(addr string) func(ctx context.Context, service string) ([]string, error) {
+	hc := &http.Client{}
+	var mu sync.Mutex
+	var token string
+	login := func(ctx context.Context) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if token != "" {
+			return token, nil
+		}
+		form := url.Values{"username": {nacosUser()}, "password": {nacosPass()}}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/nacos/v1/auth/login", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		resp, err := hc.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		var out struct{ AccessToken string }
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.AccessToken == "" {
+			return "", fmt.Errorf("nacos %s: login as %s: HTTP %d, %v", addr, nacosUser(), resp.StatusCode, err)
+		}
+		token = out.AccessToken
+		return token, nil
+	}
+	return func(ctx context.Context, service string) ([]string, error) {
+		tok, err := login(ctx)
+		if err != nil {
+			return nil, err
+		}
+		q := url.Values{"serviceName": {service}, "groupName": {constant.DEFAULT_GROUP}}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/nacos/v3/admin/ns/instance/list?"+q.Encode(), nil)
+		req.Header.Set("accessToken", tok)
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			mu.Lock()
+			token = ""
+			mu.Unlock()
+			return nil, fmt.Errorf("nacos %s: instance list: HTTP %d; logging in again on the next call", addr, resp.StatusCode)
+		}
+		var out struct {
+			Code int
+			Data json.RawMessage
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			return nil, fmt.Errorf("nacos %s: instance list: HTTP %d: %v", addr, resp.StatusCode, err)
+		}
+		if out.Code != 0 {
+			if strings.Contains(string(out.Data), "not found") {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("nacos %s: instance list of %s: code %d: %s", addr, service, out.Code, out.Data)
+		}
+		var list []struct {
+			IP               string
+			Port             int
+			Enabled, Healthy bool
+		}
+		if err := json.Unmarshal(out.Data, &list); err != nil {
+			return nil, fmt.Errorf("nacos %s: instance list of %s: %v", addr, service, err)
+		}
+		var eps []string
+		for _, in := range list {
+			if in.Enabled && in.Healthy {
+				eps = append(eps, net.JoinHostPort(in.IP, strconv.Itoa(in.Port)))
+			}
+		}
+		return eps, nil
+	}
 }
 
 func selectHealthy(ctx context.Context, c naming_client.INamingClient, service string) ([]registry.Instance, error) {

@@ -35,7 +35,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -1009,41 +1008,10 @@ func scalePopulateNacos(t *testing.T, svc string, n, perClient int) {
 // scaleNacosCount asks the admin API how many healthy, enabled instances svc
 // has, without subscribing a client in this process.
 func scaleNacosCount(svc string) (int, error) {
-	hc := &http.Client{Timeout: 10 * time.Second}
-	resp, err := hc.PostForm("http://"+nacosAddr()+"/nacos/v1/auth/login", url.Values{"username": {nacosUser()}, "password": {nacosPass()}})
-	if err != nil {
-		return 0, err
-	}
-	var login struct{ AccessToken string }
-	err = json.NewDecoder(resp.Body).Decode(&login)
-	resp.Body.Close()
-	if err != nil {
-		return 0, err
-	}
-	q := url.Values{"serviceName": {svc}, "groupName": {constant.DEFAULT_GROUP}}
-	req, _ := http.NewRequest(http.MethodGet, "http://"+nacosAddr()+"/nacos/v3/admin/ns/instance/list?"+q.Encode(), nil)
-	req.Header.Set("accessToken", login.AccessToken)
-	resp, err = hc.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var out struct {
-		Code int
-		Data []struct {
-			Enabled, Healthy bool
-		}
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return 0, err
-	}
-	k := 0
-	for _, d := range out.Data {
-		if d.Enabled && d.Healthy {
-			k++
-		}
-	}
-	return k, nil
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	eps, err := nacosServerView(nacosAddr())(ctx, svc)
+	return len(eps), err
 }
 
 // scaleRawNacos is what a consumer on nacos-sdk-go runs: Subscribe. It

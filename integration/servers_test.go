@@ -7,9 +7,12 @@ package integration
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -68,6 +71,54 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// portSets remembers the ports freePortSet handed out, so that two tests
+// running at once never get the same.
+var portSets struct {
+	sync.Mutex
+	taken map[int]bool
+}
+
+// freePortSet returns a port p such that p+off is free on loopback for
+// every offset given, for servers that derive ports from a base (Nacos:
+// gRPC at +1000). The ports are free when checked and never handed out
+// twice in this process; the caller binds them soon after.
+func freePortSet(t *testing.T, offsets ...int) int {
+	t.Helper()
+	portSets.Lock()
+	defer portSets.Unlock()
+	if portSets.taken == nil {
+		portSets.taken = map[int]bool{}
+	}
+	free := func(p int) bool {
+		if portSets.taken[p] {
+			return false
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			return false
+		}
+		ln.Close()
+		return true
+	}
+	const lo, hi = 21000, 29000 // below the kernel's ephemeral range
+	start := lo + rand.IntN(hi-lo)
+	for k := 0; k < hi-lo; k += 37 {
+		p := lo + (start-lo+k)%(hi-lo)
+		ok := true
+		for _, off := range offsets {
+			ok = ok && free(p+off)
+		}
+		if ok {
+			for _, off := range offsets {
+				portSets.taken[p+off] = true
+			}
+			return p
+		}
+	}
+	t.Fatalf("no free set of loopback ports at offsets %v", offsets)
+	return 0
 }
 
 func sprintf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
