@@ -210,9 +210,9 @@ func faultConsulRestartServing(t *testing.T, bins map[string]string) {
 // plain deregistration) takes a running app's instance out; then the
 // private dev agent restarts and loses its state. The instance must stay
 // out: the app's keeper, which sees a new node ID, must not put it back.
-// The restart follows the command at once, as in issue 13's report: after
-// a plain deregistration, a keeper whose next check (every 5 s) came first
-// would find the same agent and stop on its own.
+// The keeper learns of the outside change within one resync interval (at
+// once, through its blocking query); the restart follows as soon as the
+// app logs that it learnt it.
 func faultConsulRestartAfterOffline(t *testing.T, bins map[string]string, disable bool) {
 	p := startPrivateConsul(t)
 	srv := faultServer{kind: "consul", addr: p.addr(), watch: newConsulAt(t, p.addr()), listed: consulLister(t, p.addr())}
@@ -222,6 +222,11 @@ func faultConsulRestartAfterOffline(t *testing.T, bins map[string]string, disabl
 	load.waitServed(t, app.endpoint(), 50, 30*time.Second)
 
 	faultOfflineCommand(t, bins, srv, service, app, disable)
+	learnt := "deregistered by someone else"
+	if disable {
+		learnt = "disabled (maintenance mode on) by someone else"
+	}
+	faultWaitLearnt(t, app, learnt)
 	p.kill()
 	p.start()
 	restarted := time.Now()
@@ -250,6 +255,7 @@ func faultNacosRestarts(t *testing.T, bins map[string]string) {
 	for k, name := range []string{"kept-state", "lost-state"} {
 		serving, offlined := apps[2*k], apps[2*k+1]
 		faultOfflineCommand(t, bins, srv, service, offlined, false)
+		faultWaitLearnt(t, offlined, "disabled by someone else")
 		p.stop()
 		if name == "lost-state" {
 			p.loseNamingState()
@@ -277,6 +283,26 @@ func faultNacosRestarts(t *testing.T, bins map[string]string) {
 		}()
 		wg.Wait()
 	}
+}
+
+// faultResync is the backends' resync interval: a change made elsewhere
+// reaches an app's keeper within it.
+const faultResync = 5 * time.Second
+
+// faultWaitLearnt waits until app logs that its keeper learnt of a change
+// made elsewhere (line), which it must within one resync interval; slack
+// for a loaded machine on top.
+func faultWaitLearnt(t *testing.T, app *e2eApp, line string) {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(faultResync + 5*time.Second)
+	for !strings.Contains(app.stderr.String(), line) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: want its keeper to log %q within one resync interval (%v, plus 5s of slack), got none\n%s", app.name, line, faultResync, app.describe())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("%s: its keeper learnt of the change %v after the command returned", app.name, time.Since(start).Round(time.Millisecond))
 }
 
 // faultOfflineCommand takes app's instance out from outside with

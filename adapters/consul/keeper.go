@@ -108,9 +108,12 @@ func (k *keeper) stop() {
 func (k *keeper) run() {
 	defer close(k.done)
 	failures := 0
-	// A look that differs from the tick's (a catalog a moment behind the
-	// agent) ends await early; ticks are still at least this far apart.
+	// A look that differs from the tick's ends await early and ticks at
+	// once; when the next look differs again (a catalog a moment behind
+	// the agent, or one the agent cannot write to), ticks are at least
+	// gap apart.
 	gap := min(k.r.o.resync, time.Second)
+	early := false
 	for {
 		began := time.Now()
 		err := k.tick()
@@ -121,10 +124,14 @@ func (k *keeper) run() {
 		if err != nil && k.ctx.Err() == nil {
 			k.sleep(min(k.r.o.resync, k.r.o.backoff.Delay(failures)))
 			failures++
+			early = false
 		} else {
 			failures = 0
-			k.await(k.r.o.resync)
-			k.sleep(time.Until(began.Add(gap)))
+			again := k.await(k.r.o.resync)
+			if again && early {
+				k.sleep(time.Until(began.Add(gap)))
+			}
+			early = again
 		}
 		if k.ctx.Err() != nil {
 			return
@@ -145,8 +152,9 @@ func (k *keeper) sleep(d time.Duration) {
 // consumers see of the service differs from what the last tick found: its
 // checks vanish (deregistered) or a maintenance check appears or goes. It is a blocking query on the
 // service's checks in the catalog, which the agent copies its own changes
-// to at once; the tick that follows asks the agent itself.
-func (k *keeper) await(d time.Duration) {
+// to at once; the tick that follows asks the agent itself. It reports
+// whether it returned early.
+func (k *keeper) await(d time.Duration) bool {
 	k.mu.Lock()
 	inst := k.inst
 	k.mu.Unlock()
@@ -156,7 +164,7 @@ func (k *keeper) await(d time.Duration) {
 	for {
 		left := time.Until(deadline)
 		if left <= 0 || k.ctx.Err() != nil {
-			return
+			return false
 		}
 		// The agent may hold the query a little past WaitTime (jitter).
 		ctx, cancel := context.WithTimeout(k.ctx, left+left/8+100*time.Millisecond)
@@ -165,11 +173,11 @@ func (k *keeper) await(d time.Duration) {
 		if err != nil {
 			k.index = 0
 			k.sleep(time.Until(deadline))
-			return
+			return false
 		}
 		if catalogStateOf(checks, id) != k.expect {
 			k.index = 0
-			return // renew and look now
+			return true // renew and look now
 		}
 		if meta.LastIndex < k.index {
 			k.index = 0 // the index went backwards: start over, as Consul advises

@@ -16,6 +16,7 @@ import (
 
 	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/registry"
+	"github.com/nacos-group/nacos-sdk-go/v2/model"
 )
 
 const (
@@ -616,4 +617,29 @@ func TestKeeperTrustsOwnRecentPublish(t *testing.T) {
 	if got := len(a.requests()); got != 2 {
 		t.Errorf("admin requests: want Register's login and GET only, got %d", got)
 	}
+}
+
+// TestKeeperLooksAtEveryPush: with a resync of an hour, a push for the
+// service (consumers' view changed) is what makes the keeper look, and it
+// adopts the disable made elsewhere at once.
+func TestKeeperLooksAtEveryPush(t *testing.T) {
+	t.Parallel()
+	a := newFakeAdmin(t)
+	r, f := newAdminTest(t, a, func(o *options) { o.resync, o.settle = time.Hour, time.Millisecond })
+	// Consumers see the instance until the push says otherwise.
+	f.set(func(f *fakeNacos) {
+		f.hosts = []model.Instance{{Ip: "10.0.0.1", Port: 8080, Enable: true, Healthy: true, Weight: 1, ClusterName: "DEFAULT"}}
+	})
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	if err := r.awaitClear(t.Context(), "test", inst()); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFor(t, "the keeper's subscription", func(f *fakeNacos) bool { return len(f.subscribed) > 0 })
+	a.set(func(a *fakeAdmin) { a.enabled = false })
+	f.push(t, nil, nil) // the disabled instance leaves consumers' view
+	f.waitFor(t, "a publish with enabled=false", func(f *fakeNacos) bool {
+		return len(f.batches) > 1 && !f.batches[len(f.batches)-1].Instances[0].Enable
+	})
 }

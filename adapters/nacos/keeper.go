@@ -24,9 +24,10 @@ import (
 //     another process, an operator in the console) is a server-side
 //     override that a restarted standalone server no longer has. The
 //     keeper reads each published instance's enabled flag through the
-//     admin API once per resync interval and, when it differs from what
-//     the backend publishes, adopts it and publishes it, so the redo
-//     repeats it too.
+//     admin API at every push for its service (so within a second of the
+//     change) and at least once per resync interval and, when it differs
+//     from what the backend publishes, adopts it and publishes it, so the
+//     redo repeats it too.
 //
 // A difference is adopted only when the backend's own last publish is
 // settled (older than settleAfter: a cluster node may show a publish a
@@ -63,20 +64,90 @@ func (r *Registry) startKeeper() {
 
 func (r *Registry) keep(ctx context.Context) {
 	warned := false
+	// A push for a service the backend publishes (a disable elsewhere
+	// changes what consumers see) starts a look at once, at most one per
+	// kickGap; the resync interval bounds the wait when pushes fail.
+	kick := make(chan struct{}, 1)
+	followed := map[string]bool{}
 	for {
+		for _, svc := range r.publishedServices() {
+			if !followed[svc] && r.follow(ctx, svc, kick) {
+				followed[svc] = true
+			}
+		}
 		t := time.NewTimer(r.o.resync)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-t.C:
+		case <-kick:
+			t.Stop()
 		}
 		if err := r.resyncOnce(ctx); err != nil && !warned && ctx.Err() == nil {
 			warned = true
 			slog.Warn("nacos: cannot read instances through the admin API, so a disable by someone else is not kept across a server restart",
 				"registry", r.name, "err", err)
 		}
+		gap := time.NewTimer(min(kickGap, r.o.resync))
+		select {
+		case <-ctx.Done():
+			gap.Stop()
+			return
+		case <-gap.C:
+		}
 	}
+}
+
+// kickGap is the least time between two looks that pushes start.
+const kickGap = 500 * time.Millisecond
+
+// publishedServices returns the names of the services the backend
+// publishes in its own group, which its watches can follow.
+func (r *Registry) publishedServices() []string {
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
+	var names []string
+	for _, set := range r.pubs {
+		for _, p := range set {
+			if r.group(p.inst) == r.o.group {
+				names = append(names, p.inst.Service)
+			}
+			break
+		}
+	}
+	return names
+}
+
+// follow watches service until ctx ends, kicking the keeper at every
+// push. It reports whether the watch started.
+func (r *Registry) follow(ctx context.Context, service string, kick chan<- struct{}) bool {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return false
+	}
+	r.calls.Add(1)
+	r.mu.Unlock()
+	w, err := r.Watch(ctx, service)
+	if err != nil {
+		r.calls.Done()
+		return false
+	}
+	go func() {
+		defer r.calls.Done()
+		defer w.Stop()
+		for {
+			if _, err := w.Next(ctx); err != nil {
+				return
+			}
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return true
 }
 
 // resyncOnce compares every published instance with the server's view and
