@@ -275,6 +275,30 @@ func writeConfig(t *testing.T, text string) string {
 	return path
 }
 
+// padConfig pads text with a comment to n bytes.
+func padConfig(t *testing.T, text string, n int) string {
+	t.Helper()
+	pad := n - len(text) - len("# \n")
+	if pad < 0 {
+		t.Fatalf("padConfig: %d bytes do not fit in %d", len(text), n)
+	}
+	return text + "# " + strings.Repeat("x", pad) + "\n"
+}
+
+// A config file of MaxConfigSize bytes is read; one byte more is refused
+// (TestRunConfigBadInput) before it is parsed.
+func TestRunConfigAtSizeLimit(t *testing.T) {
+	t.Parallel()
+	text := padConfig(t, "programs:\n  web:\n    port: 8080\n    command: [./web]\n", MaxConfigSize)
+	if len(text) != MaxConfigSize {
+		t.Fatalf("padConfig: want %d bytes, got %d", MaxConfigSize, len(text))
+	}
+	rf, err := loadRunConfig(writeConfig(t, text), configDefaults)
+	if err != nil || len(rf.programs) != 1 || rf.programs[0].Port != 8080 {
+		t.Fatalf("loadRunConfig of a %d-byte file: want program web on port 8080, got %+v, %v", len(text), rf, err)
+	}
+}
+
 // Through the command line, a config mistake is one line on stderr and
 // exit code 2, with no credential in it.
 func TestRunConfigBadInput(t *testing.T) {
@@ -283,7 +307,10 @@ func TestRunConfigBadInput(t *testing.T) {
 	typo := writeConfig(t, "programs:\n  web:\n    port: 8080\n    command: [./web]\n    retsart: always\n")
 	badReg := writeConfig(t, "registries:\n  - memory://\n  - consul://admin:"+secret+"@127.0.0.1:8500\nprograms:\n  web:\n    port: 8080\n    command: [./web]\n")
 	noReg := writeConfig(t, "programs:\n  web:\n    port: 8080\n    command: [./web]\n")
+	tooBig := writeConfig(t, padConfig(t, "programs:\n  web:\n    port: 8080\n    command: [./web]\n", MaxConfigSize+1))
 	runBadInput(t, "run", []badInputCase{
+		{"too large", []string{"--registry", "memory://", "--config", tooBig},
+			"--config: " + tooBig + " is 1.0 MiB (1048577 bytes), more than the limit of 1 MiB; a run config is a few kilobytes"},
 		{"typo", []string{"--registry", "memory://", "--config", typo}, `run.yaml:5: unknown key "retsart" in program "web"`},
 		{"missing file", []string{"--registry", "memory://", "--config", filepath.Join(t.TempDir(), "nope.yaml")}, "--config: open"},
 		{"config and command", []string{"--registry", "memory://", "--config", good, "--", "./web"}, "--config and a command after -- do not mix"},

@@ -1,6 +1,7 @@
 package nacos
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -101,23 +102,33 @@ func udpSockets() map[string]int {
 	}
 	out := map[string]int{}
 	for _, table := range []string{"/proc/self/net/udp", "/proc/self/net/udp6"} {
-		data, err := os.ReadFile(table)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(data), "\n")[1:] {
-			f := strings.Fields(line)
-			if len(f) < 10 || !mine[f[9]] {
-				continue
-			}
-			i := strings.LastIndexByte(f[1], ':')
-			port, err := strconv.ParseUint(f[1][i+1:], 16, 16)
-			if err == nil {
-				out[f[9]] = int(port)
-			}
-		}
+		scanUDPTable(table, mine, out)
 	}
 	return out
+}
+
+// scanUDPTable adds to out the local port of each socket of table whose
+// inode is in mine. It streams the table, which lists every UDP socket in
+// the network namespace, however many.
+func scanUDPTable(table string, mine map[string]bool, out map[string]int) {
+	file, err := os.Open(table)
+	if err != nil {
+		return
+	}
+	defer file.Close()
+	sc := bufio.NewScanner(file)
+	sc.Scan() // the header
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 10 || !mine[f[9]] {
+			continue
+		}
+		i := strings.LastIndexByte(f[1], ':')
+		port, err := strconv.ParseUint(f[1][i+1:], 16, 16)
+		if err == nil {
+			out[f[9]] = int(port)
+		}
+	}
 }
 
 // sdkLogger is the SDK's logger: warnings and errors, with every known
