@@ -7,6 +7,7 @@ package readcap
 import (
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 )
 
@@ -57,6 +58,37 @@ func ReadFile(path string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	return b, nil
+}
+
+// CheckFile refuses, before someone else reads the file at path whole (an
+// SDK given a path), anything but a regular file of at most limit bytes: a
+// device such as /dev/zero, a FIFO or a directory is an error saying so, a
+// larger file a *TooLargeError. Stat's errors name the path.
+func CheckFile(path string, limit int64) error {
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil:
+		return err
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%s is %s, not a regular file", path, kind(fi.Mode()))
+	case fi.Size() > limit:
+		return &TooLargeError{What: path, Size: fi.Size(), Limit: limit}
+	}
+	return nil
+}
+
+func kind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return "special"
 }
 
 // Size formats n bytes for a message: "512 bytes", "1 MiB", and, when

@@ -87,3 +87,34 @@ func TestSize(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ok := filepath.Join(dir, "ca.pem")
+	big := filepath.Join(dir, "big.pem")
+	if err := os.WriteFile(ok, []byte("pem"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(big, make([]byte, 2<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckFile(ok, 1<<20); err != nil {
+		t.Errorf("CheckFile(%s): want nil, got %v", ok, err)
+	}
+	var tl *TooLargeError
+	if err := CheckFile(big, 1<<20); !errors.As(err, &tl) || err.Error() != big+" is 2 MiB, more than the limit of 1 MiB" {
+		t.Errorf("CheckFile(%s): want the limit error with its size, got %v", big, err)
+	}
+	if err := CheckFile(dir, 1<<20); err == nil || err.Error() != dir+" is a directory, not a regular file" {
+		t.Errorf("CheckFile(%s): want \"is a directory\", got %v", dir, err)
+	}
+	if runtime.GOOS != "windows" {
+		if err := CheckFile("/dev/zero", 1<<20); err == nil || err.Error() != "/dev/zero is a device, not a regular file" {
+			t.Errorf("CheckFile(/dev/zero): want \"is a device\", got %v", err)
+		}
+	}
+	if err := CheckFile(filepath.Join(dir, "missing"), 1); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("CheckFile of a missing file: want fs.ErrNotExist, got %v", err)
+	}
+}
