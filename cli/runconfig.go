@@ -666,7 +666,11 @@ type flag bool
 
 func (f *flag) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
-		return valueErr(n, "%s: want true or false", scalarText(n))
+		shown := scalarText(n)
+		if n.Kind == yaml.ScalarNode {
+			shown = strconv.Quote(shown) // one line, whatever the value holds
+		}
+		return valueErr(n, "%s: want true or false", shown)
 	}
 	return n.Decode((*bool)(f))
 }

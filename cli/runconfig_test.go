@@ -158,7 +158,7 @@ func TestRunConfigErrors(t *testing.T) {
 		{"conn-wait not a duration", head + "    conn-wait: 250\n", `web.yaml:5: program "web": conn-wait "250": want a duration of 0 or more`},
 		{"conn-wait a list", head + "    conn-wait: [1s]\n", `web.yaml:5: program "web": conn-wait is a list; want a single value`},
 		{"bad size", head + "    recycle-rss: 512M\n", `web.yaml:5: program "web": recycle-rss "512M" is not a size; want one such as 512MiB, 1GiB, 300MB or a number of bytes`},
-		{"standby not a bool", head + "    standby: yes\n", `web.yaml:5: program "web": standby yes: want true or false`},
+		{"standby not a bool", head + "    standby: yes\n", `web.yaml:5: program "web": standby "yes": want true or false`},
 		{"standby-port alone", head + "    standby-port: 9000\n", `web.yaml:5: program "web": standby-port 9000: is only used with standby, recycle-after or recycle-rss`},
 		{"standby-port is port", head + "    standby: true\n    standby-port: 8080\n", `web.yaml:6: program "web": standby-port 8080: is the program's own port`},
 		{"no room for standby", "programs:\n  web:\n    port: 65535\n    standby: true\n    command: [./web]\n", `web.yaml:3: program "web": port 65535: leaves no port+1`},
