@@ -19,6 +19,11 @@ trap cleanup EXIT
 # cross): cheap, so it fails fast, before any server starts.
 make --no-print-directory cross
 
+# Every fuzz target for a few seconds (about a minute in all), also before any
+# server starts: the parsers of what comes from outside (registry URLs, --config,
+# admin JSON, /proc and sock_diag). `make fuzz` runs them longer.
+FUZZTIME=4s "$scripts/fuzz.sh"
+
 # Running already: a standalone server's PID file names a live process, or a
 # cluster's first member answers.
 running() {
