@@ -25,9 +25,13 @@ import (
 //     NewNamingClient replaces it with a zap logger writing through
 //     lumberjack, whose file-maintenance goroutine never ends once the file
 //     is first written. We put sdkLog back in its place as soon as
-//     NewNamingClient returns; the SDK writes its file only if it logs an
-//     error inside NewNamingClient, and that file is under the registry's
-//     data directory (LogDir; a private one is removed by Close).
+//     NewNamingClient returns. The SDK writes its file only if it logs an
+//     error inside NewNamingClient: with credentials and a server that
+//     cannot be reached, its first login does. That file is under the
+//     registry's data directory (LogDir; a private one is removed by
+//     Close), but lumberjack's goroutine and open file stay for the life of
+//     the process; no setting of the SDK prevents it. The SDK retries the
+//     login in the background, so its error still reaches sdkLog.
 //   - sdkLog sends the SDK's warnings and errors to slog's default logger
 //     through a logthrottle: one line per distinct message, then one count
 //     of its repeats per 10s while they last, Go stack traces (the SDK logs
