@@ -1,5 +1,5 @@
 # `make test` is the project's test command: README gives it, CI runs it.
-.PHONY: test demo servers stop-servers bench cross
+.PHONY: test demo servers stop-servers bench cross fuzz
 
 test:
 	./integration/scripts/test.sh
@@ -15,6 +15,13 @@ cross:
 		GOOS=$$os go build ./...; \
 		GOOS=$$os go vet ./...; \
 	done
+
+# Every fuzz target (integration/scripts/fuzz.sh) for FUZZTIME each; test.sh runs
+# them for 4s each. A failing input lands in the package's testdata/fuzz: commit
+# it with the fix, as a regression seed.
+FUZZTIME ?= 2m
+fuzz:
+	FUZZTIME=$(FUZZTIME) FUZZMINIMIZETIME=10s ./integration/scripts/fuzz.sh
 
 demo:
 	go run ./cli/lameduck demo

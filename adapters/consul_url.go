@@ -1,7 +1,6 @@
 package adapters
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/url"
@@ -19,7 +18,7 @@ func init() { openers["consul"] = openConsul }
 // "servers" (every server in the raft peer set, at the agent's HTTP port),
 // "agents" (every live agent of the LAN pool, likewise) or a comma-separated
 // list of host:port, or several of these.
-func openConsul(_ context.Context, u *url.URL, creds Credentials) (Registry, error) {
+func openConsul(u *url.URL, creds Credentials) (openFunc, error) {
 	q := u.Query()
 	if err := params("consul", q, "dc", "ttl", "confirm", "tls", "ca-file", "cert-file", "key-file", "tls-skip-verify"); err != nil {
 		return nil, err
@@ -79,7 +78,7 @@ func openConsul(_ context.Context, u *url.URL, creds Credentials) (Registry, err
 	if creds.ConsulToken != "" {
 		opts = append(opts, consul.WithToken(creds.ConsulToken))
 	}
-	return consul.New(opts...)
+	return func() (Registry, error) { return consul.New(opts...) }, nil
 }
 
 func checkHostPort(scheme, hostport string) error {

@@ -1,7 +1,6 @@
 package adapters
 
 import (
-	"context"
 	"fmt"
 	"net/url"
 	"strings"
@@ -15,7 +14,7 @@ func init() { openers["nacos"] = openNacos }
 // openNacos reads nacos://host:port[,host:port...][?namespace=NS&group=G&cluster=C&data-dir=DIR&timeout=5s].
 // Several hosts name the nodes of one cluster: the client fails over among
 // them, and the confirmation waits for every node's own push.
-func openNacos(_ context.Context, u *url.URL, creds Credentials) (Registry, error) {
+func openNacos(u *url.URL, creds Credentials) (openFunc, error) {
 	q := u.Query()
 	if err := params("nacos", q, "namespace", "group", "cluster", "data-dir", "timeout"); err != nil {
 		return nil, err
@@ -62,5 +61,5 @@ func openNacos(_ context.Context, u *url.URL, creds Credentials) (Registry, erro
 		}
 		opts = append(opts, nacos.WithCredentials(creds.NacosUsername, creds.NacosPassword))
 	}
-	return nacos.New(opts...)
+	return func() (Registry, error) { return nacos.New(opts...) }, nil
 }

@@ -66,8 +66,13 @@ func CredentialsFromEnv() Credentials {
 	}
 }
 
-// opener opens one scheme.
-type opener func(ctx context.Context, u *url.URL, creds Credentials) (Registry, error)
+// opener checks the URL of one scheme and returns what opens the registry
+// it names. It does no I/O, so that a URL is checked whole before anything
+// connects, and can be fuzzed (FuzzRegistryURL).
+type opener func(u *url.URL, creds Credentials) (openFunc, error)
+
+// openFunc opens a checked registry URL.
+type openFunc func() (Registry, error)
 
 var openers = map[string]opener{
 	"memory": openMemory,
@@ -87,6 +92,15 @@ func Schemes() []string {
 // the URL that is wrong and what would be right, and never include
 // credentials.
 func Open(ctx context.Context, raw string, creds Credentials) (Registry, error) {
+	open, err := parse(raw, creds)
+	if err != nil {
+		return nil, err
+	}
+	return open()
+}
+
+// parse checks raw, without I/O, and returns what opens it.
+func parse(raw string, creds Credentials) (openFunc, error) {
 	if strings.TrimSpace(raw) == "" {
 		return nil, fmt.Errorf("adapters: empty registry URL; want one like %s", examples())
 	}
@@ -100,14 +114,18 @@ func Open(ctx context.Context, raw string, creds Credentials) (Registry, error) 
 	if u.Scheme == "" {
 		return nil, fmt.Errorf("adapters: registry URL %q has no scheme; want one like %s", redact(raw), examples())
 	}
+	if u.Opaque != "" {
+		// "consul:x://..." : the "://" is not right after the scheme.
+		return nil, fmt.Errorf("adapters: registry URL %q is not scheme://host:port; want one like %s", redact(raw), examples())
+	}
 	if u.User != nil {
 		return nil, fmt.Errorf("adapters: registry URL %q carries credentials; pass them by flag or environment instead", redact(raw))
 	}
-	open, ok := openers[strings.ToLower(u.Scheme)]
+	check, ok := openers[strings.ToLower(u.Scheme)]
 	if !ok {
 		return nil, fmt.Errorf("adapters: unknown registry scheme %q in %q; want one of %s", u.Scheme, redact(raw), strings.Join(Schemes(), ", "))
 	}
-	return open(ctx, u, creds)
+	return check(u, creds)
 }
 
 // OpenAll opens every URL; on failure it closes what it opened.
@@ -137,21 +155,20 @@ func examples() string {
 	return "memory://?push-delay=200ms, consul://127.0.0.1:8500 or nacos://127.0.0.1:8848"
 }
 
-// redact drops userinfo from a URL for error messages.
+// redact drops what may be userinfo from a URL for error messages: from
+// after "://" (or from the start, for a URL without one, such as
+// "user:password@host:8500") to the last "@", whether or not net/url reads
+// it as userinfo. A password holding "@" or "/" is dropped whole; an "@" in a
+// query takes the text before it along, which an error can spare.
 func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		// Userinfo ends at the last "@" (as net/url reads it), so a
-		// password holding "@" is dropped whole.
-		if i := strings.LastIndex(raw, "@"); i >= 0 {
-			if j := strings.Index(raw, "://"); j >= 0 && j < i {
-				return raw[:j+3] + "REDACTED@" + raw[i+1:]
-			}
-		}
-		return raw
+	start := 0
+	if j := strings.Index(raw, "://"); j >= 0 {
+		start = j + len("://")
 	}
-	u.User = url.User("REDACTED")
-	return u.String()
+	if i := strings.LastIndex(raw, "@"); i >= start {
+		return raw[:start] + "REDACTED@" + raw[i+1:]
+	}
+	return raw
 }
 
 // params checks that q holds only the allowed keys, each at most once.
@@ -175,7 +192,7 @@ func params(scheme string, q url.Values, allowed ...string) error {
 	return nil
 }
 
-func openMemory(_ context.Context, u *url.URL, _ Credentials) (Registry, error) {
+func openMemory(u *url.URL, _ Credentials) (openFunc, error) {
 	q := u.Query()
 	if err := params("memory", q, "push-delay"); err != nil {
 		return nil, err
@@ -196,5 +213,5 @@ func openMemory(_ context.Context, u *url.URL, _ Credentials) (Registry, error) 
 		name += "?" + u.RawQuery
 	}
 	opts = append(opts, memory.WithName(name))
-	return memory.New(opts...)
+	return func() (Registry, error) { return memory.New(opts...) }, nil
 }

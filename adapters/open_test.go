@@ -40,6 +40,8 @@ func TestOpen(t *testing.T) {
 		{name: "host without scheme", raw: "127.0.0.1:8500", want: []string{"has no scheme"}},
 		{name: "malformed escape", raw: "consul://127.0.0.1:8500/%zz", want: []string{"does not parse"}},
 		{name: "unknown scheme", raw: "zookeeper://127.0.0.1:2181", want: []string{`"zookeeper"`, "consul, memory, nacos"}},
+		{name: "opaque", raw: "consul:x://127.0.0.1:8500", want: []string{`"consul:x://127.0.0.1:8500" is not scheme://host:port`}},
+		{name: "scheme forgotten", raw: "admin:" + secret + "@127.0.0.1:8500", want: []string{`"REDACTED@127.0.0.1:8500" has no scheme`}},
 
 		{name: "consul", raw: "consul://127.0.0.1:8500?dc=dc1", wantStr: "consul://127.0.0.1:8500?dc=dc1"},
 		{name: "consul all parameters", raw: "consul://10.0.0.1:8501?dc=dc2&ttl=10s&tls=true&tls-skip-verify=false", wantStr: "consul://10.0.0.1:8501?dc=dc2"},

@@ -25,17 +25,6 @@ import (
 	"github.com/lameduck/lameduck/pkg/admin"
 )
 
-// build compiles pkg (relative to this directory) into dir and returns the
-// binary's path.
-func build(t *testing.T, dir, name, pkg string) string {
-	t.Helper()
-	bin := filepath.Join(dir, name)
-	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
-	}
-	return bin
-}
-
 // child is a started process whose end is observed once, by one goroutine.
 type child struct {
 	cmd  *exec.Cmd

@@ -3,6 +3,8 @@ package cli
 import (
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,6 +20,17 @@ func TestMain(m *testing.M) {
 		os.Unsetenv(name)
 	}
 	os.Exit(m.Run())
+}
+
+// build compiles pkg (relative to this directory) into dir and returns the
+// binary's path.
+func build(t *testing.T, dir, name, pkg string) string {
+	t.Helper()
+	bin := filepath.Join(dir, name)
+	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
 }
 
 // secret is passed as every credential in the bad-input tables; it must never

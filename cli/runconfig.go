@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"net/url"
-	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -19,6 +18,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/lameduck/lameduck/adapters"
+	"github.com/lameduck/lameduck/internal/readcap"
 	"github.com/lameduck/lameduck/pkg/probe"
 	"github.com/lameduck/lameduck/registry"
 )
@@ -338,10 +338,19 @@ func whereIs(prog string) string {
 	return fmt.Sprintf("in program %q", prog)
 }
 
+// MaxConfigSize is the largest --config file `lameduck run` reads. A run
+// config is a few kilobytes; the cap keeps a wrong file (a log, an image)
+// from being read and parsed whole: a 200 MiB one took 1.1 GB and 13s to be
+// refused as bad YAML.
+const MaxConfigSize = 1 << 20
+
 // loadRunConfig reads and checks a --config file. def holds the defaults
 // the command line gives every program (addr, budget).
 func loadRunConfig(path string, def programConfig) (*runFile, error) {
-	data, err := os.ReadFile(path)
+	data, err := readcap.ReadFile(path, MaxConfigSize)
+	if tl := (*readcap.TooLargeError)(nil); errors.As(err, &tl) {
+		return nil, badInput("--config: %v; a run config is a few kilobytes, is it the right file?", err)
+	}
 	if err != nil {
 		return nil, badInput("--config: %v", err)
 	}
@@ -702,7 +711,11 @@ type flag bool
 
 func (f *flag) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
-		return valueErr(n, "%s: want true or false", scalarText(n))
+		shown := scalarText(n)
+		if n.Kind == yaml.ScalarNode {
+			shown = strconv.Quote(shown) // one line, whatever the value holds
+		}
+		return valueErr(n, "%s: want true or false", shown)
 	}
 	return n.Decode((*bool)(f))
 }

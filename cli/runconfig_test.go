@@ -186,7 +186,7 @@ func TestRunConfigErrors(t *testing.T) {
 		{"pass-env a single value", head + "    pass-env: CONSUL_HTTP_TOKEN\n", `web.yaml:5: program "web": pass-env is a single value; want a list of variable names such as [CONSUL_HTTP_TOKEN]`},
 		{"pass-env bad name", head + "    pass-env: [\"A=" + secret + "\"]\n", `web.yaml:5: program "web": pass-env item 1: want a variable name, without '='`},
 		{"bad size", head + "    recycle-rss: 512M\n", `web.yaml:5: program "web": recycle-rss "512M" is not a size; want one such as 512MiB, 1GiB, 300MB or a number of bytes`},
-		{"standby not a bool", head + "    standby: yes\n", `web.yaml:5: program "web": standby yes: want true or false`},
+		{"standby not a bool", head + "    standby: yes\n", `web.yaml:5: program "web": standby "yes": want true or false`},
 		{"standby-port alone", head + "    standby-port: 9000\n", `web.yaml:5: program "web": standby-port 9000: is only used with standby, recycle-after or recycle-rss`},
 		{"standby-port is port", head + "    standby: true\n    standby-port: 8080\n", `web.yaml:6: program "web": standby-port 8080: is the program's own port`},
 		{"no room for standby", "programs:\n  web:\n    port: 65535\n    standby: true\n    command: [./web]\n", `web.yaml:3: program "web": port 65535: leaves no port+1`},
@@ -303,6 +303,30 @@ func writeConfig(t *testing.T, text string) string {
 	return path
 }
 
+// padConfig pads text with a comment to n bytes.
+func padConfig(t *testing.T, text string, n int) string {
+	t.Helper()
+	pad := n - len(text) - len("# \n")
+	if pad < 0 {
+		t.Fatalf("padConfig: %d bytes do not fit in %d", len(text), n)
+	}
+	return text + "# " + strings.Repeat("x", pad) + "\n"
+}
+
+// A config file of MaxConfigSize bytes is read; one byte more is refused
+// (TestRunConfigBadInput) before it is parsed.
+func TestRunConfigAtSizeLimit(t *testing.T) {
+	t.Parallel()
+	text := padConfig(t, "programs:\n  web:\n    port: 8080\n    command: [./web]\n", MaxConfigSize)
+	if len(text) != MaxConfigSize {
+		t.Fatalf("padConfig: want %d bytes, got %d", MaxConfigSize, len(text))
+	}
+	rf, err := loadRunConfig(writeConfig(t, text), configDefaults)
+	if err != nil || len(rf.programs) != 1 || rf.programs[0].Port != 8080 {
+		t.Fatalf("loadRunConfig of a %d-byte file: want program web on port 8080, got %+v, %v", len(text), rf, err)
+	}
+}
+
 // Through the command line, a config mistake is one line on stderr and
 // exit code 2, with no credential in it.
 func TestRunConfigBadInput(t *testing.T) {
@@ -311,7 +335,10 @@ func TestRunConfigBadInput(t *testing.T) {
 	typo := writeConfig(t, "programs:\n  web:\n    port: 8080\n    command: [./web]\n    retsart: always\n")
 	badReg := writeConfig(t, "registries:\n  - memory://\n  - consul://admin:"+secret+"@127.0.0.1:8500\nprograms:\n  web:\n    port: 8080\n    command: [./web]\n")
 	noReg := writeConfig(t, "programs:\n  web:\n    port: 8080\n    command: [./web]\n")
+	tooBig := writeConfig(t, padConfig(t, "programs:\n  web:\n    port: 8080\n    command: [./web]\n", MaxConfigSize+1))
 	runBadInput(t, "run", []badInputCase{
+		{"too large", []string{"--registry", "memory://", "--config", tooBig},
+			"--config: " + tooBig + " is 1.0 MiB (1048577 bytes), more than the limit of 1 MiB; a run config is a few kilobytes"},
 		{"typo", []string{"--registry", "memory://", "--config", typo}, `run.yaml:5: unknown key "retsart" in program "web"`},
 		{"missing file", []string{"--registry", "memory://", "--config", filepath.Join(t.TempDir(), "nope.yaml")}, "--config: open"},
 		{"config and command", []string{"--registry", "memory://", "--config", good, "--", "./web"}, "--config and a command after -- do not mix"},

@@ -13,7 +13,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -21,6 +23,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/lameduck/lameduck/internal/backoff"
+	"github.com/lameduck/lameduck/internal/readcap"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -269,6 +272,9 @@ func (o *options) apiConfig(address string) *api.Config {
 // its idle connections. Every call carries a ctx, which bounds blocking
 // queries.
 func newSDK(cfg *api.Config) (client, func(), error) {
+	if err := checkTLSFiles(cfg.TLSConfig); err != nil {
+		return nil, nil, err
+	}
 	tr := api.DefaultConfig().Transport
 	cfg.Transport = tr
 	ac, err := api.NewClient(cfg)
@@ -276,6 +282,38 @@ func newSDK(cfg *api.Config) (client, func(), error) {
 		return nil, nil, err
 	}
 	return sdk{Agent: ac.Agent(), health: ac.Health(), catalog: ac.Catalog(), status: ac.Status(), raw: ac.Raw()}, tr.CloseIdleConnections, nil
+}
+
+// maxTLSFile bounds the CA, certificate and key files: the SDK reads each
+// whole, so /dev/zero or a wrong, huge file would take all memory. A
+// system's whole CA bundle is about 200 KiB.
+const maxTLSFile = 1 << 20
+
+// checkTLSFiles refuses TLS files, from WithTLS or from the SDK's
+// environment (CONSUL_CACERT, CONSUL_CAPATH...), that are not regular files
+// of at most maxTLSFile bytes, before the SDK reads them.
+func checkTLSFiles(t api.TLSConfig) error {
+	for _, f := range []struct{ what, path string }{{"CA file", t.CAFile}, {"certificate file", t.CertFile}, {"key file", t.KeyFile}} {
+		if f.path == "" {
+			continue
+		}
+		if err := readcap.CheckFile(f.path, maxTLSFile); err != nil {
+			return fmt.Errorf("TLS %s: %w", f.what, err)
+		}
+	}
+	if t.CAPath == "" {
+		return nil
+	}
+	// The SDK reads every file under the CA directory.
+	return filepath.WalkDir(t.CAPath, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if err := readcap.CheckFile(path, maxTLSFile); err != nil {
+			return fmt.Errorf("TLS CA directory: %w", err)
+		}
+		return nil
+	})
 }
 
 func (r *Registry) String() string { return r.name }

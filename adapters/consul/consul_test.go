@@ -3,7 +3,10 @@ package consul
 import (
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -75,6 +78,57 @@ func TestNewRealClient(t *testing.T) {
 	}
 	if strings.Contains(r.String(), token) {
 		t.Errorf("String(): want no token, got %q", r.String())
+	}
+}
+
+// TLS files the SDK would read whole are refused unless they are regular
+// files of at most maxTLSFile bytes: /dev/zero once took all memory.
+func TestNewTLSFilesBounded(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.pem")
+	if err := os.WriteFile(big, make([]byte, maxTLSFile+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	caDir := filepath.Join(dir, "cas")
+	if err := os.Mkdir(caDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(caDir, "bundle.pem"), make([]byte, maxTLSFile+1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		tls  TLS
+		want string
+	}{
+		{"large CA file", TLS{CAFile: big}, "TLS CA file: " + big + " is 1.0 MiB (1048577 bytes), more than the limit of 1 MiB"},
+		{"large key file", TLS{KeyFile: big}, "TLS key file: " + big + " is 1.0 MiB"},
+		{"directory as CA file", TLS{CAFile: caDir}, "TLS CA file: " + caDir + " is a directory, not a regular file"},
+	}
+	if runtime.GOOS != "windows" {
+		cases = append(cases, struct {
+			name string
+			tls  TLS
+			want string
+		}{"device as certificate", TLS{CertFile: "/dev/zero"}, "TLS certificate file: /dev/zero is a device, not a regular file"})
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r, err := New(WithAddress("127.0.0.1:1"), WithTLS(tc.tls))
+			if err == nil {
+				_ = r.Close()
+				t.Fatalf("New(WithTLS(%+v)): want an error containing %q, got a registry", tc.tls, tc.want)
+			}
+			if !strings.HasPrefix(err.Error(), "consul: ") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("New(WithTLS(%+v)): want an error %q with prefix \"consul: \", got %q", tc.tls, tc.want, err)
+			}
+		})
+	}
+	// A CA directory is walked: a large file in it is refused.
+	if err := checkTLSFiles(api.TLSConfig{CAPath: caDir}); err == nil || !strings.Contains(err.Error(), "TLS CA directory: "+filepath.Join(caDir, "bundle.pem")+" is 1.0 MiB") {
+		t.Errorf("checkTLSFiles(CAPath %s): want the large file named, got %v", caDir, err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/lameduck/lameduck/internal/readcap"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -222,6 +223,14 @@ func (r *Registry) admin(ctx context.Context, i registry.Instance, token, method
 	return nil
 }
 
+// maxAnswer bounds the admin API answers read: one instance, or a login
+// token, is well under a kilobyte. Of an error answer the first
+// maxErrorAnswer bytes are read, for its message.
+const (
+	maxAnswer      = 1 << 20
+	maxErrorAnswer = 64 << 10
+)
+
 // do sends req and returns the body of a 200 answer, or a *StatusError with
 // the server's message. Transport errors name the URL, which holds no
 // credentials.
@@ -231,12 +240,16 @@ func (r *Registry) do(req *http.Request, token string) ([]byte, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode == http.StatusOK {
+		body, err := readcap.ReadAll(resp.Body, maxAnswer, "the answer")
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: read the answer: %w", req.Method, req.URL.Path, err)
+		}
+		return body, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorAnswer))
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: read the answer: %w", req.Method, req.URL.Path, err)
-	}
-	if resp.StatusCode == http.StatusOK {
-		return body, nil
 	}
 	se := &StatusError{Code: resp.StatusCode}
 	var res adminResult

@@ -331,6 +331,15 @@ func TestRemoteEnabledErrors(t *testing.T) {
 			want:   []string{"HTTP 500, code 30000: server error: raft is down"},
 		},
 		{
+			name: "answer past the limit",
+			setup: func(a *fakeAdmin) {
+				a.status[adminInstancePath] = http.StatusOK
+				a.body[adminInstancePath] = `{"code":0,"message":"success","data":"` + strings.Repeat("x", maxAnswer) + `"}`
+			},
+			in:   inst(),
+			want: []string{"GET /nacos/v3/admin/ns/instance: read the answer: the answer is more than the limit of 1 MiB"},
+		},
+		{
 			name:   "other namespace",
 			in:     registry.Instance{Service: "svc", Address: "10.0.0.1", Port: 8080, Namespace: "prod"},
 			want:   []string{`namespace "prod"`},

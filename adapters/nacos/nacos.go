@@ -10,8 +10,11 @@
 //
 // The SDK writes a cache; it goes to the directory given with WithDataDir,
 // or to a private temporary directory removed by Close, never under $HOME.
-// The SDK's warnings and errors go to log/slog's default logger, with the
-// password redacted.
+// The SDK's warnings and errors go to log/slog's default logger, one line per
+// distinct message and then one count of its repeats per 10s, without stack
+// traces, with the password redacted. The SDK's logger is process-wide: New
+// installs lameduck's in its place (see sdk.go), so an application that uses
+// nacos-sdk-go itself and sets its own logger must set it after New.
 package nacos
 
 import (
@@ -297,6 +300,7 @@ func (r *Registry) Close() error {
 		t.CloseIdleConnections() // the SDK's login connections
 	}
 	r.removeTemp()
+	sdkLog.flush()
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package nacos
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -13,15 +14,33 @@ import (
 	"github.com/nacos-group/nacos-sdk-go/v2/clients"
 	"github.com/nacos-group/nacos-sdk-go/v2/common/logger"
 	"github.com/nacos-group/nacos-sdk-go/v2/vo"
+
+	"github.com/lameduck/lameduck/internal/logthrottle"
 )
 
 // Working around nacos-sdk-go v2.3.2, so that a closed client leaves nothing
-// behind:
+// behind and an outage does not flood the terminal:
 //
-//   - NewNamingClient installs a process-wide zap logger writing through
-//     lumberjack, whose file-maintenance goroutine never ends. We put our own
-//     logger (log/slog, warnings and errors only, secrets redacted) back in
-//     its place at once, so the SDK's file is never opened.
+//   - The SDK logs through one process-wide logger (common/logger), and
+//     NewNamingClient replaces it with a zap logger writing through
+//     lumberjack, whose file-maintenance goroutine never ends once the file
+//     is first written. We put sdkLog back in its place as soon as
+//     NewNamingClient returns. The SDK writes its file only if it logs an
+//     error inside NewNamingClient: with credentials and a server that
+//     cannot be reached, its first login does. That file is under the
+//     registry's data directory (LogDir; a private one is removed by
+//     Close), but lumberjack's goroutine and open file stay for the life of
+//     the process; no setting of the SDK prevents it. The SDK retries the
+//     login in the background, so its error still reaches sdkLog.
+//   - sdkLog sends the SDK's warnings and errors to slog's default logger
+//     through a logthrottle: one line per distinct message, then one count
+//     of its repeats per 10s while they last, Go stack traces (the SDK logs
+//     errors with %+v) cut off, secrets redacted. There is one sdkLog for
+//     the process, as there is one SDK logger: every Registry installs the
+//     same value, under sdkMu, so several registries share one throttle and
+//     one list of secrets, and making a second cannot undo the first's
+//     setting. The SDK's messages name their client (a connection id) or
+//     server, not our registry.
 //   - Every client starts a UDP "push receiver" (used only by the HTTP
 //     protocol, never by gRPC) on a random port in 54951-55950, on every
 //     interface, and CloseClient leaves its goroutine blocked in a read. We
@@ -87,34 +106,60 @@ func udpSockets() map[string]int {
 	}
 	out := map[string]int{}
 	for _, table := range []string{"/proc/self/net/udp", "/proc/self/net/udp6"} {
-		data, err := os.ReadFile(table)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(data), "\n")[1:] {
-			f := strings.Fields(line)
-			if len(f) < 10 || !mine[f[9]] {
-				continue
-			}
-			i := strings.LastIndexByte(f[1], ':')
-			port, err := strconv.ParseUint(f[1][i+1:], 16, 16)
-			if err == nil {
-				out[f[9]] = int(port)
-			}
-		}
+		scanUDPTable(table, mine, out)
 	}
 	return out
 }
 
-// sdkLogger sends the SDK's warnings and errors to slog's default logger,
-// with every known secret replaced. Info and debug lines are dropped: the
-// SDK logs every push at info.
+// scanUDPTable adds to out the local port of each socket of table whose
+// inode is in mine. It streams the table, which lists every UDP socket in
+// the network namespace, however many.
+func scanUDPTable(table string, mine map[string]bool, out map[string]int) {
+	file, err := os.Open(table)
+	if err != nil {
+		return
+	}
+	defer file.Close()
+	sc := bufio.NewScanner(file)
+	sc.Scan() // the header
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 10 || !mine[f[9]] {
+			continue
+		}
+		i := strings.LastIndexByte(f[1], ':')
+		port, err := strconv.ParseUint(f[1][i+1:], 16, 16)
+		if err == nil {
+			out[f[9]] = int(port)
+		}
+	}
+}
+
+// sdkLogger is the SDK's logger: warnings and errors, with every known
+// secret replaced, through a logthrottle to slog's default logger at the
+// time of each line. Info and debug lines are dropped: the SDK logs every
+// push at info.
 type sdkLogger struct {
 	mu      sync.RWMutex
 	secrets []string
+	th      *logthrottle.Throttle
 }
 
-var sdkLog = &sdkLogger{}
+var sdkLog = newSDKLogger(slog.Default)
+
+// newSDKLogger returns a logger writing to the slog.Logger that to returns
+// at the time of each line.
+func newSDKLogger(to func() *slog.Logger, opts ...logthrottle.Option) *sdkLogger {
+	l := &sdkLogger{}
+	l.th = logthrottle.New(func(line logthrottle.Line) {
+		args := []any{"component", "nacos-sdk"}
+		if line.Repeated > 0 {
+			args = append(args, "repeated", line.Repeated, "within", line.Within)
+		}
+		to().Log(context.Background(), line.Level, line.Msg, args...)
+	}, opts...)
+	return l
+}
 
 func (l *sdkLogger) addSecrets(s ...string) {
 	l.mu.Lock()
@@ -135,8 +180,12 @@ func (l *sdkLogger) emit(level slog.Level, msg string) {
 		msg = strings.ReplaceAll(msg, s, "REDACTED")
 	}
 	l.mu.RUnlock()
-	slog.Default().Log(context.Background(), level, msg, "component", "nacos-sdk")
+	l.th.Log(level, msg)
 }
+
+// flush passes on the repeats counted so far, so that none is lost when a
+// Registry closes (and the process, often, ends).
+func (l *sdkLogger) flush() { l.th.Flush() }
 
 func (l *sdkLogger) Info(args ...any)                  {}
 func (l *sdkLogger) Debug(args ...any)                 {}

@@ -22,6 +22,11 @@ make --no-print-directory cross
 # The report tests render SVG with rsvg-convert; they fail without it below.
 "$scripts/install-rsvg.sh" >/dev/null
 
+# Every fuzz target for a few seconds (about a minute in all), also before any
+# server starts: the parsers of what comes from outside (registry URLs, --config,
+# admin JSON, /proc and sock_diag). `make fuzz` runs them longer.
+FUZZTIME=4s "$scripts/fuzz.sh"
+
 # Running already: a standalone server's PID file names a live process, or a
 # cluster's first member answers.
 running() {

@@ -18,6 +18,7 @@ import (
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/internal/clock"
+	"github.com/lameduck/lameduck/internal/readcap"
 )
 
 var (
@@ -268,9 +269,13 @@ var errTimeoutPassed = errors.New("admin: the wait's timeout passed")
 // Retry-After up to 5 s.
 var busyPolicy = backoff.Policy{Initial: retryAfter, Max: 5 * time.Second}
 
-// maxBody bounds what the client reads of an answer; lameduck's JSON is a
-// few kilobytes.
-const maxBody = 1 << 20
+// maxBody bounds what the client reads of a 2xx answer, which it decodes;
+// lameduck's JSON is a few kilobytes. Of any other answer it reads at most
+// maxErrorBody, for the first line of its message.
+const (
+	maxBody      = 1 << 20
+	maxErrorBody = 4 << 10
+)
 
 // do sends a request and returns the body of a 2xx answer, with the URL
 // it asked (for messages). It asks again while the endpoint answers 429,
@@ -335,11 +340,11 @@ func (c *Client) once(ctx context.Context, method, path string, q url.Values) ([
 		return nil, u, c.transportError(ctx, method, u, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return nil, u, c.transportError(ctx, method, u, err)
-	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		if err != nil {
+			return nil, u, c.transportError(ctx, method, u, err)
+		}
 		line, _, _ := bytes.Cut(body, []byte("\n"))
 		var e errorJSON
 		if json.Unmarshal(line, &e) == nil && e.Error != "" {
@@ -352,6 +357,17 @@ func (c *Client) once(ctx context.Context, method, path string, q url.Values) ([
 			Body:      c.excerpt(line, 200),
 			tokenSent: c.token != "",
 		}
+	}
+	body, err := readcap.ReadAll(resp.Body, maxBody, "the answer")
+	if tl := (*readcap.TooLargeError)(nil); errors.As(err, &tl) {
+		return nil, u, &kindError{
+			msg:  fmt.Sprintf("admin: %s %s answered more than %s, which is not lameduck's JSON (a few kilobytes); is something else listening there?", method, u, readcap.Size(maxBody)),
+			kind: ErrNotLameduck,
+			err:  err,
+		}
+	}
+	if err != nil {
+		return nil, u, c.transportError(ctx, method, u, err)
 	}
 	return body, u, nil
 }

@@ -273,6 +273,24 @@ func TestClientErrors(t *testing.T) {
 			wantCode: http.StatusInternalServerError,
 		},
 		{
+			name: "answer past the limit",
+			server: func(*testing.T) http.Handler {
+				return reply(http.StatusOK, "application/json", `{"phase":"Offline","pad":"`+strings.Repeat("x", maxBody)+`"}`)
+			},
+			call:    "status",
+			wantMsg: "admin: GET {URL}/status answered more than 1 MiB, which is not lameduck's JSON (a few kilobytes); is something else listening there?",
+			wantIs:  []error{ErrNotLameduck},
+		},
+		{
+			name: "500 past the limit",
+			server: func(*testing.T) http.Handler {
+				return reply(http.StatusInternalServerError, "text/plain", "out of memory\n"+strings.Repeat("x", 2*maxBody))
+			},
+			call:     "status",
+			wantMsg:  "admin: GET {URL}/status answered 500 Internal Server Error: out of memory",
+			wantCode: http.StatusInternalServerError,
+		},
+		{
 			name:     "not found",
 			server:   func(*testing.T) http.Handler { return http.NotFoundHandler() },
 			call:     "wait",

@@ -183,43 +183,11 @@ func unsupported(err error) bool {
 
 // dumpFamily asks for one address family's sockets (AF_UNSPEC: both, in
 // one request), through filter if not nil, and reads the answer to its end
-// into buf. An error from the kernel
-// wraps its errno.
+// into buf. An error from the kernel wraps its errno.
 func dumpFamily(fd int, buf []byte, family uint8, port uint16, filter []byte, f func(row)) error {
-	// struct inet_diag_req_v2 {family, protocol, ext, pad uint8; states
-	// uint32; id}, or for AF_UNSPEC the compat struct inet_diag_req
-	// {family, src_len, dst_len, ext uint8; id; states, dbug uint32},
-	// whose answer walks the kernel's socket hash once for both families
-	// rather than once per family: the walk, not the sockets sent, is
-	// what a poll on a busy host costs (BENCHMARKS.md).
-	typ, bodyLen, extAt, statesAt := uint16(sockDiagByFamily), diagReqLen, 2, 4
-	if family == syscall.AF_UNSPEC {
-		typ, bodyLen, extAt, statesAt = tcpDiagGetSock, diagReqV1Len, 3, 52
-	}
-	n := syscall.NLMSG_HDRLEN + bodyLen
-	if filter != nil {
-		n += syscall.SizeofRtAttr + len(filter)
-	}
-	req := make([]byte, n)
-	ne := binary.NativeEndian
-	ne.PutUint32(req[0:], uint32(len(req)))
-	ne.PutUint16(req[4:], typ)
-	ne.PutUint16(req[6:], syscall.NLM_F_REQUEST|syscall.NLM_F_DUMP)
-	ne.PutUint32(req[8:], 1) // sequence number
-	r := req[syscall.NLMSG_HDRLEN:]
-	if family != syscall.AF_UNSPEC {
-		r[0] = family
-		r[1] = syscall.IPPROTO_TCP
-	}
-	r[extAt] = 1 << (inetDiagInfo - 1) // idiag_ext: ask for tcp_info
-	ne.PutUint32(r[statesAt:], diagStates)
+	req, typ := diagRequest(family, filter)
 	want := port
 	if filter != nil {
-		// struct nlattr, then the bytecode (whole ops: no padding).
-		a := r[bodyLen:]
-		ne.PutUint16(a[0:], uint16(syscall.SizeofRtAttr+len(filter)))
-		ne.PutUint16(a[2:], inetDiagReqBytecode)
-		copy(a[syscall.SizeofRtAttr:], filter)
 		want = 0 // the kernel kept the port's; pass on what it sent
 	}
 	sa := &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK}
@@ -237,28 +205,80 @@ func dumpFamily(fd int, buf []byte, family uint8, port uint16, filter []byte, f 
 			}
 			return os.NewSyscallError("recvfrom", err)
 		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return fmt.Errorf("sock_diag: %w", err)
+		if done, err := diagAnswer(buf[:n], typ, want, f); done || err != nil {
+			return err
 		}
-		for _, m := range msgs {
-			switch m.Header.Type {
-			case syscall.NLMSG_DONE:
-				return nil
-			case syscall.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if errno := syscall.Errno(-int32(ne.Uint32(m.Data))); errno != 0 {
-						return fmt.Errorf("sock_diag: %w", errno)
-					}
+	}
+}
+
+// diagRequest returns the netlink request for one address family's sockets
+// (AF_UNSPEC: both), through filter if not nil, and the type of the
+// messages that answer it.
+func diagRequest(family uint8, filter []byte) (req []byte, typ uint16) {
+	// struct inet_diag_req_v2 {family, protocol, ext, pad uint8; states
+	// uint32; id}, or for AF_UNSPEC the compat struct inet_diag_req
+	// {family, src_len, dst_len, ext uint8; id; states, dbug uint32},
+	// whose answer walks the kernel's socket hash once for both families
+	// rather than once per family: the walk, not the sockets sent, is
+	// what a poll on a busy host costs (BENCHMARKS.md).
+	typ, bodyLen, extAt, statesAt := uint16(sockDiagByFamily), diagReqLen, 2, 4
+	if family == syscall.AF_UNSPEC {
+		typ, bodyLen, extAt, statesAt = tcpDiagGetSock, diagReqV1Len, 3, 52
+	}
+	n := syscall.NLMSG_HDRLEN + bodyLen
+	if filter != nil {
+		n += syscall.SizeofRtAttr + len(filter)
+	}
+	req = make([]byte, n)
+	ne := binary.NativeEndian
+	ne.PutUint32(req[0:], uint32(len(req)))
+	ne.PutUint16(req[4:], typ)
+	ne.PutUint16(req[6:], syscall.NLM_F_REQUEST|syscall.NLM_F_DUMP)
+	ne.PutUint32(req[8:], 1) // sequence number
+	r := req[syscall.NLMSG_HDRLEN:]
+	if family != syscall.AF_UNSPEC {
+		r[0] = family
+		r[1] = syscall.IPPROTO_TCP
+	}
+	r[extAt] = 1 << (inetDiagInfo - 1) // idiag_ext: ask for tcp_info
+	ne.PutUint32(r[statesAt:], diagStates)
+	if filter != nil {
+		// struct nlattr, then the bytecode (whole ops: no padding).
+		a := r[bodyLen:]
+		ne.PutUint16(a[0:], uint16(syscall.SizeofRtAttr+len(filter)))
+		ne.PutUint16(a[2:], inetDiagReqBytecode)
+		copy(a[syscall.SizeofRtAttr:], filter)
+	}
+	return req, typ
+}
+
+// diagAnswer reads one datagram of the kernel's answer: it calls f for
+// each socket on port want (any for 0) in the messages of type typ, and
+// reports whether the answer is over (NLMSG_DONE, or NLMSG_ERROR, whose
+// errno it returns wrapped). It reads nothing past b.
+func diagAnswer(b []byte, typ, want uint16, f func(row)) (done bool, err error) {
+	msgs, err := syscall.ParseNetlinkMessage(b)
+	if err != nil {
+		return true, fmt.Errorf("sock_diag: %w", err)
+	}
+	for _, m := range msgs {
+		switch m.Header.Type {
+		case syscall.NLMSG_DONE:
+			return true, nil
+		case syscall.NLMSG_ERROR:
+			if len(m.Data) >= 4 {
+				if errno := syscall.Errno(-int32(binary.NativeEndian.Uint32(m.Data))); errno != 0 {
+					return true, fmt.Errorf("sock_diag: %w", errno)
 				}
-				return nil
-			case typ:
-				if rw, ok := parseDiagMsg(m.Data, want); ok {
-					f(rw)
-				}
+			}
+			return true, nil
+		case typ:
+			if rw, ok := parseDiagMsg(m.Data, want); ok {
+				f(rw)
 			}
 		}
 	}
+	return false, nil
 }
 
 // parseDiagMsg decodes one struct inet_diag_msg and its attributes into a

@@ -1,9 +1,12 @@
 package conncount
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -137,35 +140,64 @@ func TestParseTableHonoursContext(t *testing.T) {
 	}
 }
 
-// FuzzParseTable checks that no input panics, and that what parses
-// round-trips through the fixture encoder.
+// FuzzParseTable feeds TCP tables to the parser: no input panics; an error
+// is a one-line *ParseError naming the file and a line of it; an accepted
+// table gives one row per line after the header, of the table's address
+// family, and its rows, written back in the kernel's layout, parse to the
+// same rows. The seeds include this host's own tables when it has them.
 func FuzzParseTable(f *testing.F) {
 	f.Add([]byte(realTCP), false)
 	f.Add([]byte(realTCP6), true)
 	f.Add([]byte(header4+"\n   0: 0100007F:0050 0100007F:9C40 01\n"), false)
 	f.Add([]byte("sl\n0: :: 01"), true)
 	f.Add([]byte(""), false)
+	f.Add([]byte(header4+"\r\n   0: 0100007F:0050 0100007F:9C40 01\r\n"), false)
+	for _, name := range []string{"tcp", "tcp6"} {
+		if b, err := os.ReadFile("/proc/self/net/" + name); err == nil {
+			// The header and a few rows: a large seed slows every mutation.
+			lines := strings.SplitAfterN(string(b), "\n", 17)
+			f.Add([]byte(strings.Join(lines[:min(len(lines), 16)], "")), name == "tcp6")
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte, v6 bool) {
 		addrLen := 8
 		if v6 {
 			addrLen = 32
 		}
-		err := parseTable(context.Background(), strings.NewReader(string(data)), "fuzz", addrLen, func(r row) {
-			if !r.local.IsValid() {
-				t.Fatalf("parsed invalid address from %q", data)
+		var rows []row
+		err := parseTable(context.Background(), bytes.NewReader(data), "/proc/net/fuzz", addrLen, func(r row) { rows = append(rows, r) })
+		if err != nil {
+			var pe *ParseError
+			if !errors.As(err, &pe) || pe.File != "/proc/net/fuzz" || pe.Line < 0 {
+				t.Fatalf("parseTable(%q): want a *ParseError naming the file, got %T %v", data, err, err)
 			}
-			if got := r.local.Addr().Is6(); got != v6 {
-				t.Fatalf("want Is6 %v for addrLen %d, got %v", v6, addrLen, got)
+			if msg := err.Error(); !strings.HasPrefix(msg, "conncount: /proc/net/fuzz") || strings.ContainsAny(msg, "\r\n") {
+				t.Fatalf("parseTable(%q): want one line naming the file, got %q", data, msg)
 			}
-			back := hexAddrPort(r.local)
-			again, err := parseAddrPort([]byte(back), addrLen)
-			if err != nil || again != r.local {
-				t.Fatalf("round trip of %v via %q: got %v, %v", r.local, back, again, err)
+			return
+		}
+		lines := 0
+		for sc := bufio.NewScanner(bytes.NewReader(data)); sc.Scan(); {
+			lines++
+		}
+		if len(rows) != lines-1 {
+			t.Fatalf("parseTable(%q): want a row for each of the %d lines after the header, got %d", data, lines-1, len(rows))
+		}
+		var socks []sock
+		for _, r := range rows {
+			if !r.local.IsValid() || !r.remote.IsValid() || r.local.Addr().Is6() != v6 || r.remote.Addr().Is6() != v6 {
+				t.Fatalf("parseTable(%q): want valid addresses with Is6 %v, got %v", data, v6, r)
 			}
-		})
-		var pe *ParseError
-		if err != nil && !errors.As(err, &pe) {
-			t.Fatalf("want *ParseError, got %T %v", err, err)
+			socks = append(socks, sock{local: r.local.String(), remote: r.remote.String(), state: r.state})
+		}
+		tcp, tcp6 := tables(t, socks...)
+		again := tcp
+		if v6 {
+			again = tcp6
+		}
+		var rows2 []row
+		if err := parseTable(context.Background(), strings.NewReader(again), "again", addrLen, func(r row) { rows2 = append(rows2, r) }); err != nil || !slices.Equal(rows, rows2) {
+			t.Fatalf("parseTable(%q): the rows written back out as\n%s\nparse to %v, %v; want %v", data, again, rows2, err, rows)
 		}
 	})
 }
