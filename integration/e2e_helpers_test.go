@@ -190,18 +190,17 @@ func (c *child) output() string {
 	return fmt.Sprintf("stdout:\n%s\nstderr:\n%s", c.stdout, c.stderr)
 }
 
-// e2ePorts returns n distinct loopback ports that nothing listens on: all
-// are held open until the last is picked, so none is handed out twice.
+// e2ePorts returns n distinct loopback ports that nothing listens on, none
+// handed out twice in this process.
 func e2ePorts(t *testing.T, n int) []int {
 	t.Helper()
+	// Below the kernel's ephemeral range, as freePortSet picks them: a
+	// port the kernel handed out for a moment (127.0.0.1:0) may go to the
+	// next outgoing connection, of a load generator say, before the child
+	// binds it.
 	ports := make([]int, n)
 	for k := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("listen: %v", err)
-		}
-		defer ln.Close()
-		ports[k] = ln.Addr().(*net.TCPAddr).Port
+		ports[k] = freePortSet(t, 0)
 	}
 	return ports
 }
