@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,19 +47,39 @@ func newFaultProxy(t *testing.T, upstream string, nacos bool) *faultProxy {
 	}
 	server := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
 	p := &faultProxy{t: t}
-	base := freePortSet(t, offsets...)
-	for _, off := range offsets {
-		name := fmt.Sprintf("%s-%d", strings.ReplaceAll(t.Name(), "/", "-"), off)
-		px := toxiproxy.NewProxy(server, name, e2eEndpoint(base+off), net.JoinHostPort(host, strconv.Itoa(up+off)))
-		if err := px.Start(); err != nil {
-			p.close()
-			t.Fatalf("fault proxy: listen on %s for %s: %v", px.Listen, px.Upstream, err)
+	// freePortSet's ports were free when it looked; another process may
+	// bind one before the proxy does, so a set that is taken by then is
+	// given up for the next.
+	var base int
+	for try := 0; ; try++ {
+		base = freePortSet(t, offsets...)
+		err := p.listen(server, base, offsets, host, up)
+		if err == nil {
+			break
 		}
-		p.proxies = append(p.proxies, px)
+		p.close()
+		p.proxies = nil
+		if !errors.Is(err, syscall.EADDRINUSE) || try == 2 {
+			t.Fatalf("fault proxy: %v", err)
+		}
+		t.Logf("fault proxy: %v; trying other ports", err)
 	}
 	p.addr = e2eEndpoint(base)
 	t.Cleanup(p.close)
 	return p
+}
+
+// listen starts one proxy per offset, on base+offset, to host's up+offset.
+func (p *faultProxy) listen(server *toxiproxy.ApiServer, base int, offsets []int, host string, up int) error {
+	for _, off := range offsets {
+		name := fmt.Sprintf("%s-%d", strings.ReplaceAll(p.t.Name(), "/", "-"), off)
+		px := toxiproxy.NewProxy(server, name, e2eEndpoint(base+off), net.JoinHostPort(host, strconv.Itoa(up+off)))
+		if err := px.Start(); err != nil {
+			return fmt.Errorf("listen on %s for %s: %w", px.Listen, px.Upstream, err)
+		}
+		p.proxies = append(p.proxies, px)
+	}
+	return nil
 }
 
 func (p *faultProxy) close() {
