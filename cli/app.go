@@ -129,32 +129,33 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func runApp(ctx context.Context, app *ucli.App, args []string, stderr io.Writer) int {
 	in, _ := ctx.Value(interruptsKey{}).(*Interrupts)
 	if in == nil {
-		return report(app.RunContext(ctx, args), stderr)
+		return reportExit(app.RunContext(ctx, args), stderr)
 	}
 	done := make(chan error, 1)
 	go func() { done <- app.RunContext(ctx, args) }()
 	select {
 	case err := <-done:
-		return report(err, stderr)
+		return reportExit(err, stderr)
 	case <-in.forced:
 	}
 	if in.claimed.Load() {
 		select {
 		case err := <-done:
-			return report(err, stderr)
+			return reportExit(err, stderr)
 		case <-in.abandon:
 		}
 	}
 	select {
 	case err := <-done: // it ended in the meantime: its own report is better
-		return report(err, stderr)
+		return reportExit(err, stderr)
 	default:
 	}
 	fmt.Fprintln(stderr, "lameduck: stopped at once by a second signal")
 	return ExitForced
 }
 
-func report(err error, stderr io.Writer) int {
+// reportExit prints err (unless it is quiet) and returns its exit code.
+func reportExit(err error, stderr io.Writer) int {
 	var e *exitError
 	if err != nil && !(errors.As(err, &e) && e.quiet) {
 		fmt.Fprintf(stderr, "lameduck: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))

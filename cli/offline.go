@@ -20,6 +20,7 @@ import (
 	"github.com/lameduck/lameduck/drain"
 	"github.com/lameduck/lameduck/pkg/admin"
 	"github.com/lameduck/lameduck/pkg/conncount"
+	"github.com/lameduck/lameduck/pkg/report"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -61,6 +62,7 @@ func offlineFlags() []ucli.Flag {
 		&ucli.StringFlag{Name: "admin", Usage: "the instance's lameduck admin endpoint, e.g. http://10.0.0.5:9901, to follow its drain"},
 		&ucli.StringFlag{Name: "admin-token", Usage: "bearer token for the admin endpoint", EnvVars: []string{EnvAdminToken}},
 		&ucli.DurationFlag{Name: "budget", Value: 30 * time.Second, Usage: "the one deadline for the whole offline"},
+		&ucli.StringFlag{Name: "report", Usage: "write a report of the offline: JSON to this path and an SVG timeline next to it (.svg)"},
 		&ucli.DurationFlag{Name: "consumer-lag", Usage: "how long consumers that cache the registry (Spring Cloud LoadBalancer: 35s) may keep " +
 			"calling after the confirmation: until then quiet alone does not end the drain"},
 		&ucli.StringFlag{Name: "output", Value: "text", Usage: "text (progress on a terminal) or json (one result object)"},
@@ -125,6 +127,9 @@ type offlineJob struct {
 	// fixes the budget); otherwise it is refused.
 	consumerLag time.Duration
 	lagFits     bool
+	// reportPath, when set, is where the offline's report goes
+	// (pkg/report): JSON there, the SVG timeline next to it.
+	reportPath string
 	// conns, when set, drains the app's port's connections (plain
 	// prestop) in the Draining phase.
 	conns *conncount.Drainer
@@ -144,6 +149,11 @@ func checkJobFlags(c *ucli.Context) error {
 	}
 	if budget := c.Duration("budget"); budget <= 0 {
 		return badInput("--budget %v: want a positive duration such as 30s", budget)
+	}
+	if path := c.String("report"); path != "" {
+		if err := report.CheckPath(path); err != nil {
+			return badInput("--report: %v", err)
+		}
 	}
 	if lag := c.Duration("consumer-lag"); lag < 0 {
 		return badInput("--consumer-lag %v: want a duration of 0 or more, such as 35s", lag)
@@ -184,6 +194,7 @@ func parseOfflineJob(c *ucli.Context) (*offlineJob, error) {
 		adminToken:  c.String("admin-token"),
 		json:        c.String("output") == "json",
 		consumerLag: c.Duration("consumer-lag"),
+		reportPath:  c.String("report"),
 	}
 	regs, err := openRegistries(c)
 	if err != nil {
@@ -316,12 +327,21 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 	case 2:
 		source = drain.Sequence(sources...)
 	}
+	var rec *report.Recorder
+	if job.reportPath != "" {
+		rec = report.NewRecorder(job.sample(follower))
+	}
 	opts := []drain.Option{
 		drain.WithBudget(job.budget),
 		drain.WithQuietWindow(job.quiet),
 		drain.WithStopReserve(0),
 		drain.WithSource(source),
-		drain.WithEventHook(func(e drain.Event) { progressEvent(progress, e) }),
+		drain.WithEventHook(func(e drain.Event) {
+			progressEvent(progress, e)
+			if rec != nil {
+				rec.Observe(e)
+			}
+		}),
 	}
 	if len(regs) > 0 {
 		opts = append(opts, drain.WithRegistries(regs...), drain.WithInstance(job.inst), drain.WithLookup())
@@ -374,7 +394,29 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 	if job.conns != nil {
 		res.OpenConns = job.conns.Left()
 	}
+	if rec != nil {
+		if rep.Consumers == nil {
+			rep.Consumers = res.Consumers // the app's, through --admin
+		}
+		off := rec.Report(rep)
+		if werr := off.WriteFiles(job.reportPath); werr != nil {
+			progress.warn(fmt.Sprintf("warning: the report was not written: %v", werr))
+		}
+	}
 	return err
+}
+
+// sample is what the report's in-flight curve reads: the app's last
+// status through --admin, the port's busy connections in plain prestop,
+// or nothing.
+func (job *offlineJob) sample(follower *admin.Follower) func() (int64, int64) {
+	switch {
+	case follower != nil:
+		return func() (int64, int64) { st := follower.Last(); return st.InFlight, st.LongLived }
+	case job.conns != nil:
+		return func() (int64, int64) { return int64(job.conns.Busy()), 0 }
+	}
+	return nil
 }
 
 // removeOnly is --wait=false: the instance out of every registry, once

@@ -306,12 +306,20 @@ func (e *NotIdleError) Unwrap() error { return e.Err }
 // ctx.Err(); a failed read is returned as Count returns it. It is safe to
 // call concurrently.
 func (c *Counter) WaitIdle(ctx context.Context, quiet, every time.Duration) error {
-	return c.waitIdle(ctx, quiet, every, nil)
+	return c.waitIdle(ctx, quiet, every, watchHooks{})
 }
 
-// waitIdle is WaitIdle, telling saw of each request it sees arrive after
-// the call, by the remote address and arrival time.
-func (c *Counter) waitIdle(ctx context.Context, quiet, every time.Duration, saw func(netip.Addr, time.Time)) error {
+// watchHooks tell a Drainer what waitIdle sees; nil ones are skipped.
+type watchHooks struct {
+	// saw is told of each request seen arriving after the call, by
+	// remote address and arrival time.
+	saw func(remote netip.Addr, at time.Time)
+	// polled is told how many connections are busy at each poll.
+	polled func(busy int)
+}
+
+// waitIdle is WaitIdle, telling h what it sees.
+func (c *Counter) waitIdle(ctx context.Context, quiet, every time.Duration, h watchHooks) error {
 	if every <= 0 {
 		return fmt.Errorf("conncount: poll interval %v is not positive", every)
 	}
@@ -320,7 +328,7 @@ func (c *Counter) waitIdle(ctx context.Context, quiet, every time.Duration, saw 
 	}
 	busy := -1
 	w := newDrainWatch(c.clock.Now())
-	w.saw = saw
+	w.saw = h.saw
 	for {
 		s, err := c.read(ctx)
 		if err != nil {
@@ -331,6 +339,9 @@ func (c *Counter) waitIdle(ctx context.Context, quiet, every time.Duration, saw 
 		}
 		now := c.clock.Now()
 		busy = w.observe(now, c.mine(s))
+		if h.polled != nil {
+			h.polled(busy)
+		}
 		wait := every
 		if busy == 0 {
 			left := w.last.Add(quiet).Sub(now)

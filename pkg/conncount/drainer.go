@@ -39,6 +39,7 @@ type Drainer struct {
 	OnLeft func(busy int)
 
 	left      atomic.Int64
+	busy      atomic.Int64
 	consumers drain.Consumers
 }
 
@@ -108,8 +109,9 @@ func (d *Drainer) Drain(ctx context.Context, cond drain.Condition) error {
 	if every <= 0 {
 		every = DefaultPoll
 	}
-	err = c.waitIdle(wctx, cond.Quiet, every, func(ip netip.Addr, at time.Time) {
-		d.consumers.Saw(ip.Unmap().String(), at)
+	err = c.waitIdle(wctx, cond.Quiet, every, watchHooks{
+		saw:    func(ip netip.Addr, at time.Time) { d.consumers.Saw(ip.Unmap().String(), at) },
+		polled: func(busy int) { d.busy.Store(int64(busy)) },
 	})
 	var ni *NotIdleError
 	if errors.As(err, &ni) && ctx.Err() == nil && errors.Is(context.Cause(wctx), errMaxWait) {
@@ -120,6 +122,10 @@ func (d *Drainer) Drain(ctx context.Context, cond drain.Condition) error {
 	}
 	return err
 }
+
+// Busy returns how many connections carried a request at the last poll
+// of a Drain; cheap enough to read on a timer (a report's curve).
+func (d *Drainer) Busy() int { return int(d.busy.Load()) }
 
 // Left returns how many busy connections the last Drain left to the app's
 // own shutdown when the connection wait passed.
