@@ -94,7 +94,7 @@ func checkPrograms(t *testing.T, data []byte, rf *runFile) {
 			bad = "port"
 		case len(p.Command) == 0 || p.Command[0] == "":
 			bad = "command"
-		case p.Budget <= 0 || p.ConnWait < 0 || p.RecycleAfter < 0 || p.ReadyTimeout < 0:
+		case p.Budget <= 0 || p.ConnWait < 0 || p.RecycleAfter < 0 || p.ReadyTimeout < 0 || p.ConsumerLag < 0:
 			bad = "a duration"
 		case p.needsStandbyPort() && (p.StandbyPort < 1 || p.StandbyPort > 65535 || p.StandbyPort == p.Port || p.StandbyID == p.ID):
 			bad = "the standby"
@@ -189,6 +189,10 @@ func marshalRunFile(t *testing.T, rf *runFile) []byte {
 			add("live", str(p.Live))
 		}
 		add("ready-timeout", str(p.ReadyTimeout.String()))
+		add("consumer-lag", str(p.ConsumerLag.String()))
+		if p.Report != "" {
+			add("report", str(p.Report))
+		}
 		if len(p.PassEnv) > 0 {
 			add("pass-env", seq(p.PassEnv))
 		}

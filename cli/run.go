@@ -26,7 +26,7 @@ import (
 // programFlags are run's flags that describe the one program of the
 // command line; with --config each program sets them in the file instead.
 var programFlags = []string{
-	"service", "port", "id", "ready", "live", "standby", "standby-port", "standby-id", "recycle-after", "recycle-rss",
+	"service", "port", "id", "ready", "live", "standby", "standby-port", "standby-id", "recycle-after", "recycle-rss", "report",
 }
 
 func runCommand() *ucli.Command {
@@ -69,6 +69,9 @@ func runCommand() *ucli.Command {
 				Usage: "kill a copy not ready this long after its start, as a failed start: too many in a row and run gives up (0: wait forever)"},
 			&ucli.StringFlag{Name: "live", Usage: "liveness URL; the child is restarted when it keeps failing"},
 			&ucli.DurationFlag{Name: "budget", Value: 30 * time.Second, Usage: "the one deadline for taking the child offline"},
+			&ucli.DurationFlag{Name: "consumer-lag", Usage: "how long consumers that cache the registry (Spring Cloud LoadBalancer: 35s) may keep " +
+				"calling after the confirmation: until then quiet alone does not end the drain; refused if the budget cannot hold it"},
+			&ucli.StringFlag{Name: "report", Usage: "write a report of each offline: JSON to this path and an SVG timeline next to it (.svg); each offline replaces the last"},
 			&ucli.DurationFlag{Name: "conn-wait", DefaultText: "until the deadline",
 				Usage: "after the registries confirm, wait at most this long for the requests on the port to end before SIGTERM " +
 					"(0: no wait); requests still running are left to the child's graceful shutdown"},
@@ -98,13 +101,14 @@ func runAction(c *ucli.Context) error {
 		}
 		for _, f := range programFlags {
 			if c.IsSet(f) {
-				return badInput("--%s is set per program in the config file; with --config the command line gives only registries, credentials, --addr, --budget, --conn-wait, --ready-timeout, --pass-env and --metrics", f)
+				return badInput("--%s is set per program in the config file; with --config the command line gives only registries, credentials, --addr, --budget, --consumer-lag, --conn-wait, --ready-timeout, --pass-env and --metrics; report is a key per program", f)
 			}
 		}
 		def := programConfig{
 			Addr: c.String("addr"), Budget: c.Duration("budget"),
 			ConnWait: c.Duration("conn-wait"), ConnWaitSet: c.IsSet("conn-wait"),
 			ReadyTimeout: c.Duration("ready-timeout"), PassEnv: c.StringSlice("pass-env"),
+			ConsumerLag: c.Duration("consumer-lag"),
 		}
 		if err := def.checkDefaults(); err != nil {
 			return err
@@ -175,6 +179,7 @@ func programFromFlags(c *ucli.Context) (programConfig, error) {
 		Service: c.String("service"), Addr: c.String("addr"), Port: c.Int("port"), ID: c.String("id"),
 		Ready: c.String("ready"), Live: c.String("live"), Budget: c.Duration("budget"),
 		ReadyTimeout: c.Duration("ready-timeout"), PassEnv: c.StringSlice("pass-env"),
+		ConsumerLag: c.Duration("consumer-lag"), Report: c.String("report"),
 		ConnWait: c.Duration("conn-wait"), ConnWaitSet: c.IsSet("conn-wait"),
 		Standby: c.Bool("standby"), StandbyPort: c.Int("standby-port"), StandbyID: c.String("standby-id"),
 		RecycleAfter: c.Duration("recycle-after"),
@@ -251,6 +256,12 @@ func newSupervisor(c *ucli.Context, p programConfig, regs []adapters.Registry, m
 	}
 	if p.ConnWaitSet {
 		opts = append(opts, supervisor.WithConnWait(p.ConnWait))
+	}
+	if p.ConsumerLag > 0 {
+		opts = append(opts, supervisor.WithDrainOptions(drain.WithConsumerLag(p.ConsumerLag)))
+	}
+	if p.Report != "" {
+		opts = append(opts, supervisor.WithReport(p.Report))
 	}
 	if p.Standby {
 		opts = append(opts, supervisor.WithStandby())

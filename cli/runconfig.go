@@ -20,6 +20,7 @@ import (
 	"github.com/lameduck/lameduck/adapters"
 	"github.com/lameduck/lameduck/internal/readcap"
 	"github.com/lameduck/lameduck/pkg/probe"
+	"github.com/lameduck/lameduck/pkg/report"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -40,6 +41,8 @@ type programConfig struct {
 	Ready, Live  string        // check URLs; "" means the default (TCP connect) and none
 	ReadyTimeout time.Duration // 0: wait for readiness forever
 	Budget       time.Duration
+	ConsumerLag  time.Duration // drain.WithConsumerLag
+	Report       string        // where each offline's report goes; "" for none
 	ConnWait     time.Duration // with ConnWaitSet: the most the offline waits for connections to close
 	ConnWaitSet  bool          // false: the wait lasts until the deadline
 	Command      []string      // argv; Command[0] is the program
@@ -100,6 +103,13 @@ func (p *programConfig) finish() error {
 		return &fieldError{key: "recycle-after", value: p.RecycleAfter.String(), msg: "want a positive duration such as 24h, or 0 for no age limit"}
 	case p.ReadyTimeout < 0:
 		return &fieldError{key: "ready-timeout", value: p.ReadyTimeout.String(), msg: readyTimeoutWant}
+	case p.ConsumerLag < 0:
+		return &fieldError{key: "consumer-lag", value: p.ConsumerLag.String(), msg: consumerLagWant}
+	}
+	if p.Report != "" {
+		if err := report.CheckPath(p.Report); err != nil {
+			return &fieldError{key: "report", value: p.Report, msg: err.Error()}
+		}
 	}
 	for _, name := range p.PassEnv {
 		if !slices.Contains(secretEnv(), name) {
@@ -165,6 +175,8 @@ func (p *programConfig) checkDefaults() error {
 		return badInput("--conn-wait %v: want a duration of 0 or more, such as 250ms (0: no wait for connections)", p.ConnWait)
 	case p.ReadyTimeout < 0:
 		return badInput("--ready-timeout %v: %s", p.ReadyTimeout, readyTimeoutWant)
+	case p.ConsumerLag < 0:
+		return badInput("--consumer-lag %v: %s", p.ConsumerLag, consumerLagWant)
 	}
 	for _, name := range p.PassEnv {
 		if !slices.Contains(secretEnv(), name) {
@@ -175,6 +187,8 @@ func (p *programConfig) checkDefaults() error {
 }
 
 const readyTimeoutWant = "want a duration of 0 or more, such as 5m (0: wait for readiness forever)"
+
+const consumerLagWant = "want a duration of 0 or more, such as 35s (the consumers' cache refresh interval)"
 
 var passEnvWant = "is not a variable lameduck keeps from the child, which inherits every other one anyway; pass-env takes " + strings.Join(secretEnv(), ", ")
 
@@ -287,6 +301,8 @@ type programYAML struct {
 	ReadyTimeout text    `yaml:"ready-timeout"`
 	Live         text    `yaml:"live"`
 	Budget       text    `yaml:"budget"`
+	ConsumerLag  text    `yaml:"consumer-lag"`
+	Report       text    `yaml:"report"`
 	ConnWait     text    `yaml:"conn-wait"`
 	Standby      flag    `yaml:"standby"`
 	StandbyPort  port    `yaml:"standby-port"`
@@ -579,7 +595,7 @@ func (at *programAt) config(file string, y programYAML, def programConfig) (prog
 	name := at.name.Value
 	p := programConfig{
 		Name: name, Service: name, Addr: def.Addr, Budget: def.Budget, ConnWait: def.ConnWait, ConnWaitSet: def.ConnWaitSet,
-		ReadyTimeout: def.ReadyTimeout, PassEnv: def.PassEnv,
+		ReadyTimeout: def.ReadyTimeout, PassEnv: def.PassEnv, ConsumerLag: def.ConsumerLag, Report: string(y.Report),
 		Port: int(y.Port), ID: string(y.ID), Ready: string(y.Ready), Live: string(y.Live),
 		Standby: bool(y.Standby), StandbyPort: int(y.StandbyPort), StandbyID: string(y.StandbyID),
 		RecycleRSS: uint64(y.RecycleRSS), Command: y.Command, Env: y.Env, Dir: string(y.Dir),
@@ -607,6 +623,7 @@ func (at *programAt) config(file string, y programYAML, def programConfig) (prog
 		{"recycle-after", y.RecycleAfter, &p.RecycleAfter, true, positive},
 		{"conn-wait", y.ConnWait, &p.ConnWait, true, "want a duration of 0 or more, such as 250ms (0: no wait for connections)"},
 		{"ready-timeout", y.ReadyTimeout, &p.ReadyTimeout, true, readyTimeoutWant},
+		{"consumer-lag", y.ConsumerLag, &p.ConsumerLag, true, consumerLagWant},
 	} {
 		if !written(d.key) {
 			continue

@@ -155,8 +155,8 @@ func TestRunConfigErrors(t *testing.T) {
 	cases := []struct {
 		name, yaml, want string
 	}{
-		{"unknown key", "programs:\n  web:\n    port: 8080\n    command: [./web]\n\n\n    retsart: always\n",
-			`web.yaml:7: unknown key "retsart" in program "web"; valid keys: addr, budget, command, conn-wait, dir, env, id, live, pass-env, port, ready, ready-timeout, recycle-after, recycle-rss, service, standby, standby-id, standby-port`},
+		{"unknown key", "programs:\n  web:\n    port: 8080\n    command: [./web]\n\n\n    on-failure: always\n",
+			`web.yaml:7: unknown key "on-failure" in program "web"; valid keys: addr, budget, command, conn-wait, consumer-lag, dir, env, id, live, pass-env, port, ready, ready-timeout, recycle-after, recycle-rss, report, service, standby, standby-id, standby-port`},
 		{"typo suggestion", head + "    comand: [x]\n", `web.yaml:5: unknown key "comand" in program "web" (did you mean "command"?)`},
 		{"swapped letters", head + "    stnadby: true\n", `(did you mean "standby"?)`},
 		{"unknown top key", "registry: [memory://]\n" + head, `web.yaml:1: unknown key "registry" at the top level (did you mean "registries"?); valid keys: programs, registries`},

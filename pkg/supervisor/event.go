@@ -31,12 +31,13 @@ const (
 	EventRecycled                       // a recycled copy is offline and stopped (Event.Err if its offline was not clean)
 	EventCgroup                         // Event.Cgroup is the Run's cgroup, the children's go under it (at Run's start); with Event.Err: there is none, or the kernel refused one (cgroups are off from then on; see WithSubreaper), or a cgroup (Event.Cgroup, a child's when Event.PID is set) would not empty
 	EventOutputHeld                     // the child exited 0, but a descendant that left its process group held its output open (Event.Err); not a failure
+	EventReport                         // the report of an offline (WithReport) could not be written (Event.Err)
 )
 
 var eventNames = [...]string{
 	"started", "not-ready", "ready", "registered", "registry-retry", "unhealthy", "signaled",
 	"exited", "deregistered", "backoff", "restarted", "gave-up", "conns-busy", "drain",
-	"promoted", "recycling", "recycled", "cgroup", "output-held",
+	"promoted", "recycling", "recycled", "cgroup", "output-held", "report",
 }
 
 func (k EventKind) String() string {

@@ -29,6 +29,7 @@ const (
 type Option func(*options)
 
 type options struct {
+	reportPath string
 	threshold     float64
 	halfLife      time.Duration
 	restart       backoff.Policy
@@ -242,6 +243,13 @@ func WithRecycle(after time.Duration, rss uint64) Option {
 // in a program that starts no such children, as lameduck run.
 func WithSubreaper() Option {
 	return func(o *options) { o.subreaper = true }
+}
+
+// WithReport writes a report of every offline of a copy (pkg/report): JSON
+// to path and an SVG timeline next to it; each offline replaces the last
+// one's. A report that cannot be written is an EventReport.
+func WithReport(path string) Option {
+	return func(o *options) { o.reportPath = path }
 }
 
 // WithDrainOptions passes options to the offline protocol (drain.New), after

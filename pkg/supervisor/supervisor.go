@@ -88,6 +88,7 @@ import (
 	"github.com/lameduck/lameduck/internal/backoff"
 	"github.com/lameduck/lameduck/pkg/conncount"
 	"github.com/lameduck/lameduck/pkg/probe"
+	"github.com/lameduck/lameduck/pkg/report"
 	"github.com/lameduck/lameduck/registry"
 )
 
@@ -272,7 +273,7 @@ func New(spec Spec, opts ...Option) (*Supervisor, error) {
 		}
 	}
 	// Check the drain options now rather than at SIGTERM.
-	if _, err := drain.New(&drain.Tracker{}, s.drainOptions(nil, true)...); err != nil {
+	if _, err := drain.New(&drain.Tracker{}, s.drainOptions(nil, true, nil)...); err != nil {
 		return nil, fmt.Errorf("supervisor: offline protocol: %w", err)
 	}
 	return s, nil
@@ -484,13 +485,17 @@ func (s *Supervisor) deregister(p *proc) {
 // checks them. idle says whether the Draining phase waits for the port's
 // connections to go quiet before SIGTERM (pointless for a copy that never
 // took traffic). The stop grace is the protocol's stop reserve: the
-// coordinator alone splits the budget.
-func (s *Supervisor) drainOptions(p *proc, idle bool) []drain.Option {
+// coordinator alone splits the budget. rec, when not nil, records the
+// offline for its report, its curve read from the port's connections.
+func (s *Supervisor) drainOptions(p *proc, idle bool, rec *recording) []drain.Option {
 	opts := []drain.Option{
 		drain.WithBudget(s.o.budget),
 		drain.WithStopReserve(s.o.stopGrace),
 		drain.WithQuietWindow(s.o.connQuiet),
 		drain.WithEventHook(func(e drain.Event) {
+			if rec != nil && rec.r != nil {
+				rec.r.Observe(e)
+			}
 			ev := Event{Kind: EventDrain, Drain: &e}
 			if p != nil {
 				ev.PID, ev.Port = p.c.pid, p.port
@@ -518,6 +523,13 @@ func (s *Supervisor) drainOptions(p *proc, idle bool) []drain.Option {
 			opts = append(opts, drain.WithSource(conns))
 		}
 	}
+	if rec != nil {
+		var sample func() (int64, int64)
+		if conns != nil {
+			sample = func() (int64, int64) { return int64(conns.Busy()), 0 }
+		}
+		rec.r = report.NewRecorder(sample)
+	}
 	if conns == nil {
 		// The coordinator's own tracker counts nothing here: nothing to
 		// drain.
@@ -528,13 +540,21 @@ func (s *Supervisor) drainOptions(p *proc, idle bool) []drain.Option {
 
 func noop(context.Context) error { return nil }
 
+// recording is one offline's report recorder, made once its source is
+// known (see drainOptions).
+type recording struct{ r *report.Recorder }
+
 // offline takes a running copy offline with the drain protocol: out of the
 // registries (if registered says it may be in them) and confirmed, its
 // connections quiet, SIGTERM, SIGKILL at the deadline. It returns once the
 // child is reaped. Force cuts it short.
 func (s *Supervisor) offline(p *proc, registered bool) error {
 	c := p.c
-	opts := s.drainOptions(p, registered)
+	var rec *recording
+	if s.o.reportPath != "" {
+		rec = &recording{}
+	}
+	opts := s.drainOptions(p, registered, rec)
 	if registered {
 		opts = append(opts, drain.WithRegistries(s.spec.Registries...), drain.WithInstance(p.inst))
 	}
@@ -551,8 +571,14 @@ func (s *Supervisor) offline(p *proc, registered bool) error {
 		}
 	}()
 	// The budget bounds the protocol; nothing else should cut it short.
-	_, err = co.Offline(context.Background())
+	rep, err := co.Offline(context.Background())
 	close(stopForce)
+	if rec != nil {
+		off := rec.r.Report(rep)
+		if werr := off.WriteFiles(s.o.reportPath); werr != nil {
+			s.emit(Event{Kind: EventReport, PID: c.pid, Port: p.port, Err: werr})
+		}
+	}
 	if !c.exited() { // only if a hook failed to stop it
 		err = errors.Join(err, s.reap(c))
 	}
