@@ -29,7 +29,7 @@ const (
 type Option func(*options)
 
 type options struct {
-	reportPath string
+	reportPath    string
 	threshold     float64
 	halfLife      time.Duration
 	restart       backoff.Policy
