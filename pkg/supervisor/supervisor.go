@@ -272,8 +272,13 @@ func New(spec Spec, opts ...Option) (*Supervisor, error) {
 			return nil, fmt.Errorf("supervisor: standby: %w", err)
 		}
 	}
-	// Check the drain options now rather than at SIGTERM.
-	if _, err := drain.New(&drain.Tracker{}, s.drainOptions(nil, true, nil)...); err != nil {
+	// Check the drain options now rather than at SIGTERM, with the
+	// registries, so that the budget check counts their confirmation.
+	check := s.drainOptions(nil, true, nil)
+	if len(spec.Registries) > 0 {
+		check = append(check, drain.WithRegistries(spec.Registries...), drain.WithInstance(s.instance(0)))
+	}
+	if _, err := drain.New(&drain.Tracker{}, check...); err != nil {
 		return nil, fmt.Errorf("supervisor: offline protocol: %w", err)
 	}
 	return s, nil
