@@ -652,3 +652,59 @@ func TestKeeperLooksAtEveryPush(t *testing.T) {
 		return len(f.batches) > 1 && !f.batches[len(f.batches)-1].Instances[0].Enable
 	})
 }
+
+// TestKeeperRelistsLostInstance: a published instance the server does not
+// hold at two looks in a row (the SDK's one re-registration after a
+// reconnect failed) is published again; one look alone is not enough.
+func TestKeeperRelistsLostInstance(t *testing.T) {
+	t.Parallel()
+	a := newFakeAdmin(t)
+	r, f := newAdminTest(t, a, withKeeper(time.Millisecond))
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	if err := r.awaitClear(t.Context(), "test", inst()); err != nil {
+		t.Fatal(err)
+	}
+	a.set(func(a *fakeAdmin) {
+		a.status[adminInstancePath] = http.StatusNotFound
+		a.body[adminInstancePath] = `{"code":20004,"message":"resource not found","data":"no matched ip found"}`
+	})
+	f.waitFor(t, "the instance published again", func(f *fakeNacos) bool { return len(f.batches) >= 2 })
+	f.mu.Lock()
+	first, again := f.batches[0], f.batches[1]
+	f.mu.Unlock()
+	if !reflect.DeepEqual(first, again) {
+		t.Errorf("republished set: want the same as registered\n%+v\ngot\n%+v", first, again)
+	}
+}
+
+// TestRelistNeedsTwoLooks: one look that misses the instance publishes
+// nothing; the second in a row, with nothing published between, does;
+// a publish between them starts the count again.
+func TestRelistNeedsTwoLooks(t *testing.T) {
+	t.Parallel()
+	f := newFake()
+	r := newTest(t, f)
+	if err := r.Register(t.Context(), inst()); err != nil {
+		t.Fatalf("Register: want nil, got %v", err)
+	}
+	batches := func() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.batches) }
+	key := r.serviceKey(inst()) + "/" + r.instanceKey(inst())
+	gen := func() uint64 { r.pubMu.Lock(); defer r.pubMu.Unlock(); return r.pubGen }
+	r.relist(t.Context(), inst(), key, gen())
+	if n := batches(); n != 1 {
+		t.Fatalf("after one look: want only the register's publish, got %d", n)
+	}
+	if err := r.Register(t.Context(), inst()); err != nil { // a publish between two looks
+		t.Fatal(err)
+	}
+	r.relist(t.Context(), inst(), key, gen())
+	if n := batches(); n != 2 {
+		t.Fatalf("after a look that follows a publish: want no publish but the second register's, got %d", n)
+	}
+	r.relist(t.Context(), inst(), key, gen())
+	if n := batches(); n != 3 {
+		t.Fatalf("after two looks in a row: want the set published again, got %d publishes", n)
+	}
+}

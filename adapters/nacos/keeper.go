@@ -173,6 +173,12 @@ func (r *Registry) resyncOnce(ctx context.Context) error {
 		rctx, cancel := context.WithTimeout(ctx, r.o.timeout)
 		on, err := r.readEnabled(rctx, p.inst)
 		cancel()
+		key := r.serviceKey(p.inst) + "/" + r.instanceKey(p.inst)
+		if errors.Is(err, ErrInstanceNotFound) {
+			r.relist(ctx, p.inst, key, gen)
+			continue
+		}
+		delete(r.missing, key)
 		if err != nil {
 			last = err
 			continue
@@ -198,6 +204,34 @@ func (r *Registry) resyncOnce(ctx context.Context) error {
 		}
 	}
 	return last
+}
+
+// relist handles a published instance the server does not hold. The
+// SDK re-registers what was published when its connection comes back,
+// but only once: if that fails (a restarted server that does not know the
+// user yet answers 403), nothing would bring the instance back while the
+// backend believes it registered. So an instance missing at two looks in
+// a row, with nothing published between them, is published again; one
+// look alone may just precede the SDK's own re-registration.
+func (r *Registry) relist(ctx context.Context, i registry.Instance, key string, gen uint64) {
+	if r.missing == nil {
+		r.missing = map[string]uint64{}
+	}
+	if seen, ok := r.missing[key]; !ok || seen != gen {
+		r.missing[key] = gen
+		return
+	}
+	delete(r.missing, key)
+	err := r.change(ctx, "resync", i, func(set map[string]*published) error {
+		if r.pubGen != gen || set[r.instanceKey(i)] == nil {
+			return errPublishedSince
+		}
+		return nil // the same set, published again
+	})
+	if err == nil {
+		slog.Warn("nacos: the server no longer held a registered instance (its re-registration after a reconnect failed?); registered it again",
+			"registry", r.name, "instance", i.Endpoint())
+	}
 }
 
 // errPublishedSince aborts an adoption: the backend published after the read.

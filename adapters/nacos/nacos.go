@@ -175,6 +175,7 @@ type Registry struct {
 
 	keepOnce sync.Once          // starts the keeper after the first Register
 	keepStop context.CancelFunc // ends it; guarded by mu
+	missing  map[string]uint64  // the keeper's: instances the server did not hold at its last look, with pubGen then
 
 	// Register looks for a stale disable in the background (see
 	// clearStaleDisable); later calls about the same instance wait for it.
