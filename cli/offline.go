@@ -378,6 +378,9 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 		case <-coord.Done():
 		}
 	}()
+	if job.conns != nil {
+		go job.sayCalling(coord, progress)
+	}
 	rep, err := coord.Wait(context.Background())
 	res.Outcome = rep.Outcome
 	if rep.Instance.Service != "" {
@@ -404,6 +407,27 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 		}
 	}
 	return err
+}
+
+// sayCalling shows, once a second while the port drains, which consumers
+// still call (plain prestop; with --admin the app's status says it).
+func (job *offlineJob) sayCalling(coord *drain.Coordinator, progress *progress) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-coord.Done():
+			return
+		case <-t.C:
+		}
+		if coord.Phase() != drain.Draining {
+			continue
+		}
+		late := job.conns.Consumers().Late(drain.TopConsumers)
+		if line := stillCallingLine(&late, time.Now()); line != "" {
+			progress.say("Draining", line)
+		}
+	}
 }
 
 // sample is what the report's in-flight curve reads: the app's last
