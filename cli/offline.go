@@ -337,7 +337,7 @@ func (job *offlineJob) run(ctx context.Context, progress *progress, res *Result)
 		drain.WithStopReserve(0),
 		drain.WithSource(source),
 		drain.WithEventHook(func(e drain.Event) {
-			progressEvent(progress, e)
+			progressEvent(progress, e, job.disable)
 			if rec != nil {
 				rec.Observe(e)
 			}
@@ -464,11 +464,16 @@ func (job *offlineJob) removeOnly(ctx context.Context, progress *progress, res *
 	return regs.Deregister(ctx, inst)
 }
 
-// progressEvent shows one of the coordinator's events.
-func progressEvent(p *progress, e drain.Event) {
+// progressEvent shows one of the coordinator's events; disabled says the
+// instance is disabled rather than removed.
+func progressEvent(p *progress, e drain.Event, disabled bool) {
 	switch e.Kind {
 	case drain.EventDeregistered:
-		p.say("Deregistering", e.Registry+" removed it")
+		did := " removed it"
+		if disabled {
+			did = " disabled it"
+		}
+		p.say("Deregistering", e.Registry+did)
 	case drain.EventConfirmed:
 		p.say("Confirming", fmt.Sprintf("%s confirmed after %s", e.Registry, e.Latency.Round(time.Millisecond)))
 	case drain.EventRetry:
