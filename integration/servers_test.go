@@ -65,12 +65,10 @@ func needNacos(t *testing.T) {
 // freePort returns a loopback port nothing listens on right now.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	// Not 127.0.0.1:0: the kernel's ephemeral range is where every
+	// outgoing connection (a load generator's, say) takes its source port,
+	// so a port handed out there may be taken before the server binds it.
+	return freePortSet(t, 0)
 }
 
 // portSets remembers the ports freePortSet handed out, so that two tests
