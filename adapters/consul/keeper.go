@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -118,7 +119,10 @@ func (k *keeper) run() {
 		began := time.Now()
 		err := k.tick()
 		if errors.Is(err, errRemovedElsewhere) {
-			slog.Info(err.Error(), "registry", k.r.name, "service_id", ServiceID(k.inst))
+			k.mu.Lock()
+			id := ServiceID(k.inst)
+			k.mu.Unlock()
+			slog.Info(err.Error(), "registry", k.r.name, "service_id", id)
 			return
 		}
 		if err != nil && k.ctx.Err() == nil {
@@ -150,16 +154,16 @@ func (k *keeper) sleep(d time.Duration) {
 
 // await waits d for the next renewal, returning early when what
 // consumers see of the service differs from what the last tick found: its
-// checks vanish (deregistered) or a maintenance check appears or goes. It is a blocking query on the
-// service's checks in the catalog, which the agent copies its own changes
-// to at once; the tick that follows asks the agent itself. It reports
-// whether it returned early.
+// checks vanish (deregistered) or a maintenance check appears or goes. It
+// is a blocking query on the service's checks in the catalog, which the
+// agent copies its own changes to at once; the tick that follows asks the
+// agent itself. It reports whether it returned early.
 func (k *keeper) await(d time.Duration) bool {
 	k.mu.Lock()
 	inst := k.inst
 	k.mu.Unlock()
 	id := ServiceID(inst)
-	filter := `ServiceID == "` + id + `"`
+	filter := "ServiceID == " + strconv.Quote(id)
 	deadline := time.Now().Add(d)
 	for {
 		left := time.Until(deadline)
